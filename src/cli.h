@@ -1,0 +1,35 @@
+// Shared pieces of the subcommands (src/cmd_*.cpp): global options and model loading.
+#pragma once
+#include <memory>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+#include "sortedllama/model.h"
+#include "sortedllama/tokenizer.h"
+
+namespace sl {
+
+struct GlobalOptions {
+  int threads = 0;                // 0 = one per core
+  std::string device = "auto";    // auto | cpu | cuda | cuda:N
+  std::string log_level = "info";
+};
+
+// "auto" = cuda when available; models run in bf16 on CUDA and fp32 on CPU.
+torch::Device resolve_device(const std::string& name);
+torch::Dtype compute_dtype(const torch::Device& d);
+
+struct LoadedModel {
+  Llama model{nullptr};
+  std::unique_ptr<Tokenizer> tokenizer;
+};
+
+// Loads DIR (and DIR/tokenizer.model unless `tokenizer` is given) and checks they fit together.
+LoadedModel load_model_and_tokenizer(const std::string& dir, const std::string& tokenizer, const GlobalOptions& g);
+
+void add_generate_command(CLI::App& app, const GlobalOptions& g);
+void add_eval_command(CLI::App& app, const GlobalOptions& g);
+void add_convert_command(CLI::App& app, const GlobalOptions& g);
+
+}  // namespace sl

@@ -1,0 +1,73 @@
+// sortedllama: Sorted Fine-Tuning (SoFT) of LLaMA 2 and its nested sub-models.
+// Subcommands live in src/cmd_*.cpp; this file holds the global options and error handling.
+#include <iostream>
+
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "cli.h"
+#include "sortedllama/checkpoint.h"
+#include "sortedllama/runtime.h"
+
+namespace sl {
+
+torch::Device resolve_device(const std::string& name) {
+  if (name == "auto") return torch::cuda::is_available() ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
+  torch::Device d(name);  // throws on a malformed name
+  if (d.is_cuda() && !torch::cuda::is_available())
+    throw std::runtime_error("--device " + name + ": this build or machine has no CUDA");
+  return d;
+}
+
+torch::Dtype compute_dtype(const torch::Device& d) { return d.is_cuda() ? torch::kBFloat16 : torch::kFloat32; }
+
+LoadedModel load_model_and_tokenizer(const std::string& dir, const std::string& tokenizer, const GlobalOptions& g) {
+  LoadedModel m;
+  torch::Device dev = resolve_device(g.device);
+  m.model = load_model(dir, dev, compute_dtype(dev));
+  const std::string tok = tokenizer.empty() ? model_tokenizer_path(dir) : tokenizer;
+  m.tokenizer = std::make_unique<Tokenizer>(tok);
+  if (m.tokenizer->vocab_size() > m.model->config().vocab_size)
+    throw std::runtime_error(tok + " has " + std::to_string(m.tokenizer->vocab_size()) + " pieces but " + dir +
+                             " has only " + std::to_string(m.model->config().vocab_size) +
+                             " embedding rows: tokenizer and weights do not belong together");
+  return m;
+}
+
+}  // namespace sl
+
+int main(int argc, char** argv) {
+  auto logger = spdlog::stderr_color_mt("sortedllama");
+  logger->set_pattern("[%H:%M:%S %^%l%$] %v");
+  spdlog::set_default_logger(logger);
+
+  sl::GlobalOptions g;
+  CLI::App app{"sortedllama: Sorted Fine-Tuning (SoFT) of LLaMA 2 models and their nested sub-models"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", [] {
+    sl::init_threads(0);
+    return sl::version_string();
+  });
+  app.add_option("--threads", g.threads, "intra-op CPU threads (default: one per core)")->check(CLI::NonNegativeNumber);
+  app.add_option("--device", g.device, "auto | cpu | cuda | cuda:N (auto: cuda when available)");
+  app.add_option("--log-level", g.log_level, "trace | debug | info | warn | error")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
+  app.parse_complete_callback([&] {
+    spdlog::set_level(spdlog::level::from_str(g.log_level));
+    int n = sl::init_threads(g.threads);
+    spdlog::debug("{} threads, BLAS: {}", n, sl::blas_description());
+    if (!sl::blas_is_optimized()) spdlog::warn("slow BLAS in use: {}", sl::blas_description());
+  });
+  sl::add_generate_command(app, g);
+  sl::add_eval_command(app, g);
+  sl::add_convert_command(app, g);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const std::exception& e) {
+    spdlog::error("{}", e.what());
+    return 1;
+  }
+  return 0;
+}
