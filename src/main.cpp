@@ -42,12 +42,10 @@ int main(int argc, char** argv) {
   spdlog::set_default_logger(logger);
 
   sl::GlobalOptions g;
+  bool version = false;
   CLI::App app{"sortedllama: Sorted Fine-Tuning (SoFT) of LLaMA 2 models and their nested sub-models"};
-  app.require_subcommand(1);
-  app.set_version_flag("--version", [] {
-    sl::init_threads(0);
-    return sl::version_string();
-  });
+  app.require_subcommand(0, 1);
+  app.add_flag("--version", version, "print version, BLAS and thread count");
   app.add_option("--threads", g.threads, "intra-op CPU threads (default: one per core)")->check(CLI::NonNegativeNumber);
   app.add_option("--device", g.device, "auto | cpu | cuda | cuda:N (auto: cuda when available)");
   app.add_option("--log-level", g.log_level, "trace | debug | info | warn | error")
@@ -65,8 +63,17 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  } catch (const c10::Error& e) {
+    spdlog::error("{}", e.what_without_backtrace());
+    return 1;
   } catch (const std::exception& e) {
     spdlog::error("{}", e.what());
+    return 1;
+  }
+  if (version) {
+    std::cout << sl::version_string() << "\n";
+  } else if (app.get_subcommands().empty()) {
+    std::cerr << app.help() << "\nerror: a subcommand is required\n";
     return 1;
   }
   return 0;

@@ -1,0 +1,19 @@
+// Helpers shared by the unit tests.
+#pragma once
+#include <string>
+
+#include <torch/torch.h>
+
+namespace sl_test {
+
+std::string source_dir();                 // repository root
+std::string shared_dir();                 // ../shared beside the repository (real data and models)
+std::string temp_dir(const std::string& tag);  // a fresh empty directory
+// Converted ../shared/models/stories260K, made once per test run.
+std::string stories_model_dir();
+std::string read_file(const std::string& path);
+void write_file(const std::string& path, const std::string& bytes);
+// Largest absolute difference between two tensors (as float64).
+double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b);
+
+}  // namespace sl_test
