@@ -31,5 +31,7 @@ LoadedModel load_model_and_tokenizer(const std::string& dir, const std::string& 
 void add_generate_command(CLI::App& app, const GlobalOptions& g);
 void add_eval_command(CLI::App& app, const GlobalOptions& g);
 void add_convert_command(CLI::App& app, const GlobalOptions& g);
+void add_data_command(CLI::App& app, const GlobalOptions& g);
+void add_finetune_command(CLI::App& app, const GlobalOptions& g);
 
 }  // namespace sl

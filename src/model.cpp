@@ -49,6 +49,24 @@ AttentionImpl::AttentionImpl(const ModelConfig& c)
   o_proj = register_module("o_proj", Linear(c.n_heads * head_dim, c.dim));
 }
 
+namespace {
+// Writes k, v [B,KV,T,hd] at cache.len[layer] and advances it.
+void store_kv(const Tensor& k, const Tensor& v, KVCache& cache, int layer) {
+  const int64_t start = cache.len[layer], T = k.size(2);
+  TORCH_CHECK(start + T <= cache.capacity, "KV cache full: ", start + T, " > ", cache.capacity, " positions");
+  cache.k[layer].narrow(2, start, T).copy_(k);
+  cache.v[layer].narrow(2, start, T).copy_(v);
+  cache.len[layer] = start + T;
+}
+}  // namespace
+
+void AttentionImpl::append_kv(const Tensor& x, const AttnInputs& in, KVCache& cache, int layer) {
+  const int64_t B = x.size(0), T = x.size(1);
+  Tensor k = k_proj(x).view({B, T, n_kv_heads, head_dim}).transpose(1, 2);  // [B,KV,T,hd]
+  Tensor v = v_proj(x).view({B, T, n_kv_heads, head_dim}).transpose(1, 2);  // [B,KV,T,hd]
+  store_kv(apply_rope(k, in), v, cache, layer);
+}
+
 Tensor AttentionImpl::forward(const Tensor& x, const AttnInputs& in, KVCache* cache, int layer) {
   const int64_t B = x.size(0), T = x.size(1);
   Tensor q = q_proj(x).view({B, T, n_heads, head_dim}).transpose(1, 2);     // [B,H,T,hd]
@@ -57,13 +75,9 @@ Tensor AttentionImpl::forward(const Tensor& x, const AttnInputs& in, KVCache* ca
   q = apply_rope(q, in);
   k = apply_rope(k, in);
   if (cache) {
-    int64_t start = cache->len[layer];
-    TORCH_CHECK(start + T <= cache->capacity, "KV cache full: ", start + T, " > ", cache->capacity, " positions");
-    cache->k[layer].narrow(2, start, T).copy_(k);
-    cache->v[layer].narrow(2, start, T).copy_(v);
-    cache->len[layer] = start + T;
-    k = cache->k[layer].narrow(2, 0, start + T);  // [B,KV,S,hd]
-    v = cache->v[layer].narrow(2, 0, start + T);
+    store_kv(k, v, *cache, layer);
+    k = cache->k[layer].narrow(2, 0, cache->len[layer]);  // [B,KV,S,hd]
+    v = cache->v[layer].narrow(2, 0, cache->len[layer]);
   }
   const int64_t S = k.size(2), rep = n_heads / n_kv_heads;
   if (rep > 1) {  // GQA: KV head j serves query heads j*rep .. j*rep+rep-1
@@ -97,6 +111,10 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c) {
 Tensor DecoderLayerImpl::forward(const Tensor& x, const AttnInputs& in, KVCache* cache, int layer) {
   Tensor h = x + self_attn(input_layernorm(x), in, cache, layer);
   return h + mlp(post_attention_layernorm(h));
+}
+
+void DecoderLayerImpl::append_kv(const Tensor& x, const AttnInputs& in, KVCache& cache, int layer) {
+  self_attn->append_kv(input_layernorm(x), in, cache, layer);
 }
 
 LlamaBodyImpl::LlamaBodyImpl(const ModelConfig& c) {
@@ -159,6 +177,10 @@ AttnInputs LlamaImpl::attn_inputs(const Tensor& key_mask, int64_t B, int64_t q_s
 Tensor LlamaImpl::layer(int i, const Tensor& x, const AttnInputs& in, KVCache* cache) {
   ++layer_calls;
   return body->layers->at<DecoderLayerImpl>(i).forward(x, in, cache, i);
+}
+
+void LlamaImpl::layer_kv(int i, const Tensor& x, const AttnInputs& in, KVCache& cache) {
+  body->layers->at<DecoderLayerImpl>(i).append_kv(x, in, cache, i);
 }
 
 Tensor LlamaImpl::head_weight(int exit) {

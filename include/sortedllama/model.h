@@ -58,6 +58,8 @@ struct AttentionImpl : torch::nn::Module {
   AttentionImpl(const ModelConfig& c);
   // x [B,T,D] -> [B,T,D]; with a cache, appends this call's K/V at cache->len[layer].
   torch::Tensor forward(const torch::Tensor& x, const AttnInputs& in, KVCache* cache, int layer);
+  // Only the keys/values of x [B,T,D] (rotary applied), appended at cache->len[layer] as forward does.
+  void append_kv(const torch::Tensor& x, const AttnInputs& in, KVCache& cache, int layer);
   Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   int64_t n_heads, n_kv_heads, head_dim;
 };
@@ -73,6 +75,8 @@ TORCH_MODULE(MLP);
 struct DecoderLayerImpl : torch::nn::Module {
   DecoderLayerImpl(const ModelConfig& c);
   torch::Tensor forward(const torch::Tensor& x, const AttnInputs& in, KVCache* cache, int layer);
+  // The K/V this layer's forward would cache for input x [B,T,D], without attention or MLP.
+  void append_kv(const torch::Tensor& x, const AttnInputs& in, KVCache& cache, int layer);
   Attention self_attn{nullptr};
   MLP mlp{nullptr};
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
@@ -103,6 +107,9 @@ class LlamaImpl : public torch::nn::Module {
   // so left-padded prompts get the positions they would have alone.
   AttnInputs attn_inputs(const torch::Tensor& key_mask, int64_t batch, int64_t q_start, int64_t T) const;
   torch::Tensor layer(int i, const torch::Tensor& x, const AttnInputs& in, KVCache* cache);  // 0-based i
+  // Layer i's K/V for the hidden state x [B,T,D] as its input, appended to the cache; no output.
+  // Early exit uses it to give skipped layers the entries later tokens attend to (CALM state copying).
+  void layer_kv(int i, const torch::Tensor& x, const AttnInputs& in, KVCache& cache);
   // Sub-model `exit`'s output: shared final norm, then the exit's ICT head if it has one, else the
   // shared head. h [..., D] -> logits [..., V].
   torch::Tensor head(const torch::Tensor& h, int exit);

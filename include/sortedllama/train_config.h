@@ -1,0 +1,54 @@
+// finetune configuration: a nested JSON file over built-in defaults, plus --set overrides.
+// Every key a config may hold appears in default_train_config(); anything else is an error.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "sortedllama/data.h"
+
+namespace sl {
+
+// The defaults, which double as the schema (README "Config reference" documents each key).
+nlohmann::json default_train_config();
+
+// Reads `path` (may be empty: defaults only), merges it over the defaults, then applies each
+// "a.b=value" override (typed by the existing value). Throws naming the file, line or key.
+nlohmann::json resolve_train_config(const std::string& path, const std::vector<std::string>& overrides);
+
+// One "a.b=value" override applied in place.
+void apply_override(nlohmann::json& cfg, const std::string& assignment);
+
+struct TrainOptions {
+  std::string model;     // HF directory to start from ("" when init is given)
+  nlohmann::json init;   // HF config object for a randomly initialised model (null when model is given)
+  std::string tokenizer;  // "" = MODEL/tokenizer.model
+  std::string method;     // soft | sft | ict | extracted
+  std::string exits;      // exit set spec (see exits.h)
+  std::vector<double> exit_weights;  // one per exit, or empty = uniform
+  int64_t exit_sample = 0;           // soft: exits per step (random subset, last always in); 0 = all
+  int64_t extract_layers = 0;        // extracted: keep the first k layers
+  std::string out_dir;
+
+  DataOptions data;
+  std::string train_file, valid_file;
+  double valid_fraction = 0;
+  bool group_by_length = false;
+
+  int64_t batch_size = 0, grad_accum = 1, loss_chunk = 0;
+  int64_t epochs = 0;     // config 0 = the method's default: 2 (the paper), 1 for ict
+  int64_t max_steps = 0;  // > 0 overrides epochs
+  double lr = 0, min_lr_ratio = 0, warmup_ratio = 0, weight_decay = 0, beta1 = 0, beta2 = 0, adam_eps = 0, clip = 0;
+  uint64_t seed = 0;
+  bool checkpoint_activations = false;
+
+  int64_t log_every = 0, eval_every = 0, save_every = 0, keep_last = 0;
+};
+
+// Typed view of a resolved config; throws naming the key when a value is impossible. Files are
+// checked to exist.
+TrainOptions parse_train_options(const nlohmann::json& cfg);
+
+}  // namespace sl

@@ -1,0 +1,165 @@
+"""Runs the decoding modes of `sortedllama generate` on one checkpoint and tabulates them (Table 2).
+
+Called by scripts/bench_decoding.sh. Every mode decodes the same prompts one at a time (batch size 1,
+the latency setting of the paper), greedily, in one process per mode; ms/token is the total prefill +
+decode time over the tokens generated. Speedups divide the full model's ms/token measured in the
+same run. Agreement compares each mode's tokens with the full model's, position by position.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+
+DEFAULT_PROMPTS = [
+    "Once upon a time, there was a little girl named",
+    "Tom had a red ball. One day",
+    "The sun was shining and the birds",
+    "Lily and Ben went to the park. They saw",
+    "The little dog was sad because",
+    "One day, a big bear came to the",
+    "Mom said it was time for bed, but",
+    "Sam wanted to build a tall tower with his",
+    "The old tree in the garden",
+    "Anna found a shiny key under the",
+    "Question: What is the capital of France?\nAnswer:",
+    "Write a short poem about the sea.\n",
+    "Explain why the sky is blue.\n",
+    "List three fruits that are red:",
+    "The best way to learn a new language is",
+    "Here is a recipe for pancakes:",
+]
+
+
+def auto_exits(n_layers):
+    """sl::parse_exits("auto", n): every layer below 8 layers, else 8 exits from 30% of the depth."""
+    if n_layers < 8:
+        return list(range(1, n_layers + 1))
+    first = 0.3 * n_layers
+    exits = []
+    for i in range(8):
+        v = first + (n_layers - first) * i / 7.0
+        k = int(v + 0.5)  # std::lround for positive values
+        if k not in exits:
+            exits.append(k)
+    return exits
+
+
+def run_mode(args, prompt_file, extra, max_new_tokens=None):
+    cmd = [args.bin, "generate", "--model", args.model, "--prompt-file", prompt_file, "--json",
+           "--batch-size", "1", "--max-new-tokens", str(max_new_tokens or args.max_new_tokens)] + extra
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        sys.exit("failed: " + " ".join(cmd) + "\n" + res.stderr)
+    return [json.loads(line) for line in res.stdout.splitlines() if line.strip()]
+
+
+def summarise(rows, full):
+    new = sum(r["stats"]["new_tokens"] for r in rows)
+    ms = sum(r["stats"]["prefill_ms"] + r["stats"]["decode_ms"] for r in rows)
+    out = {"new_tokens": new, "ms_per_token": ms / new if new else 0.0}
+    if any("drafted" in r["stats"] for r in rows):
+        drafted = sum(r["stats"]["drafted"] for r in rows)
+        accepted = sum(r["stats"]["accepted"] for r in rows)
+        rounds = sum(r["stats"]["rounds"] for r in rows)
+        out.update(acceptance_rate=accepted / drafted if drafted else 0.0,
+                   mean_accepted_per_round=accepted / rounds if rounds else 0.0)
+    if any("mean_layers_per_token" in r["stats"] for r in rows):
+        layers = sum(r["stats"]["mean_layers_per_token"] * r["stats"]["new_tokens"] for r in rows)
+        out["mean_layers_per_token"] = layers / new if new else 0.0
+    if full is not None:
+        agree = total = exact = 0
+        for r, f in zip(rows, full):
+            a, b = r["tokens"], f["tokens"]
+            agree += sum(1 for x, y in zip(a, b) if x == y)
+            total += max(len(a), len(b))
+            exact += a == b
+        out["agreement"] = agree / total if total else 1.0
+        out["exact_match"] = exact / len(rows)
+    return out
+
+
+def machine(args):
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    version = subprocess.run([args.bin, "--version"], capture_output=True, text=True).stdout.strip()
+    return {"nproc": os.cpu_count(), "cpu": cpu, "sortedllama": version, "kernel": platform.release()}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--prompts", help="one prompt per line (default: 16 built-in prompts)")
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    args = ap.parse_args()
+
+    with open(os.path.join(args.model, "config.json")) as f:
+        n_layers = json.load(f)["num_hidden_layers"]
+    prompt_file = args.prompts
+    if not prompt_file:
+        prompt_file = os.path.join(args.out, "bench_prompts.txt")
+        with open(prompt_file, "w") as f:
+            f.write("\n".join(p.replace("\n", " ") for p in DEFAULT_PROMPTS) + "\n")
+
+    exits = [k for k in auto_exits(n_layers) if k < n_layers]
+    modes = [("full", f"{n_layers} layers", [])]
+    modes += [("exit", f"{k} layer" + ("s" if k > 1 else ""), ["--exit-layer", str(k)]) for k in exits]
+    modes += [("speculative", f"draft layer {k}", ["--speculative", "--draft-layer", str(k)]) for k in exits]
+    modes += [("dynamic", "default thresholds", ["--dynamic"])]
+
+    run_mode(args, prompt_file, [], 8)  # warm-up: page in the weights, spin up threads
+    results, full = [], None
+    for kind, label, extra in modes:
+        rows = run_mode(args, prompt_file, extra)
+        s = summarise(rows, full)
+        if full is None:
+            full, full_ms = rows, s["ms_per_token"]
+            s.update(agreement=1.0, exact_match=1.0)
+        s["speedup"] = full_ms / s["ms_per_token"] if s["ms_per_token"] else 0.0
+        s.update(mode=kind, setting=label, args=extra)
+        if kind == "dynamic":
+            s["thresholds"] = rows[0]["stats"]["thresholds"]
+        results.append(s)
+        print(f"{kind:12s} {label:20s} {s['ms_per_token']:8.3f} ms/token  {s['speedup']:5.2f}x", file=sys.stderr)
+
+    info = {"date": datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(args),
+            "model": os.path.abspath(args.model), "n_layers": n_layers, "prompts": prompt_file,
+            "max_new_tokens": args.max_new_tokens, "decoding": "greedy, batch size 1", "results": results}
+    with open(os.path.join(args.out, "decoding.json"), "w") as f:
+        json.dump(info, f, indent=2)
+
+    lines = [f"# Decoding speed: {os.path.basename(os.path.abspath(args.model))} ({n_layers} layers)", "",
+             f"{info['date']}; {info['machine']['cpu']}, {info['machine']['nproc']} cores; "
+             f"{info['machine']['sortedllama']}", "",
+             f"Greedy, batch size 1, {len(full)} prompts, up to {args.max_new_tokens} new tokens each. "
+             "Speedup: full decoding's ms/token over the mode's, same run. Agreement: share of token positions "
+             "equal to the full model's output; exact: share of identical outputs.", "",
+             "| mode | setting | ms/token | speedup | acceptance | accepted/round | layers/token | agreement | exact |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for s in results:
+        def f(key, fmt):
+            return format(s[key], fmt) if key in s else ""
+        layers = f("mean_layers_per_token", ".2f") or (s["setting"].split()[0] if s["mode"] in ("full", "exit") else "")
+        setting = s["setting"] + (f" ({s['thresholds']})" if "thresholds" in s else "")
+        lines.append(f"| {s['mode']} | {setting} | {s['ms_per_token']:.3f} | {s['speedup']:.2f}x | "
+                     f"{f('acceptance_rate', '.1%')} | {f('mean_accepted_per_round', '.2f')} | {layers} | "
+                     f"{s['agreement']:.1%} | {s['exact_match']:.0%} |")
+    table = "\n".join(lines) + "\n"
+    with open(os.path.join(args.out, "decoding.md"), "w") as f:
+        f.write(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

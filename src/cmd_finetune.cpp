@@ -1,0 +1,32 @@
+// sortedllama finetune: SoFT / SFT / ICT / extracted fine-tuning from a JSON config.
+#include <iostream>
+
+#include <spdlog/spdlog.h>
+
+#include "cli.h"
+#include "sortedllama/train.h"
+
+namespace sl {
+
+void add_finetune_command(CLI::App& app, const GlobalOptions& g) {
+  struct Args {
+    std::string config, resume;
+    std::vector<std::string> sets;
+  };
+  auto a = std::make_shared<Args>();
+  CLI::App* cmd = app.add_subcommand("finetune", "fine-tune with SoFT (sorted loss), SFT, SFT+ICT or extracted layers");
+  cmd->add_option("--config", a->config, "JSON config (configs/*.json); omitted keys take their defaults")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--set", a->sets, "override a key: --set train.lr=1e-4 (repeatable)");
+  cmd->add_option("--resume", a->resume, "continue from the latest checkpoint in out_dir, or from DIR")
+      ->expected(0, 1)
+      ->default_str("auto");
+  cmd->callback([a, cmd, &g] {
+    nlohmann::json cfg = resolve_train_config(a->config, a->sets);
+    std::cout << cfg.dump(2) << std::endl;  // the resolved config, as saved to out_dir/config.json
+    std::string resume = cmd->count("--resume") ? (a->resume.empty() ? "auto" : a->resume) : "";
+    finetune(cfg, resume, resolve_device(g.device));
+  });
+}
+
+}  // namespace sl
