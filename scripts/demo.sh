@@ -52,7 +52,7 @@ out = sys.argv[1]
 def rows(path, metric):
     return {k: v[metric] for k, v in json.load(open(path))["exits"].items()}
 em = {m: rows(f"{out}/eval_{m}/results.json", "exact_match") for m in ("soft", "sft")}
-nll = {m: rows(f"{out}/loss_{m}/results.json", "nll") for m in ("soft", "sft")}
+nll = {m: rows(f"{out}/loss_{m}/results.json", "loss") for m in ("soft", "sft")}
 print(f"{'exit':>5} {'SoFT exact':>11} {'SFT exact':>10} {'SoFT loss':>10} {'SFT loss':>9}")
 for k in sorted(em["soft"], key=int):
     print(f"{k:>5} {em['soft'][k]:>11.3f} {em['sft'][k]:>10.3f} {nll['soft'][k]:>10.3f} {nll['sft'][k]:>9.3f}")
