@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(cmake g++ make pkg-config libtorch-dev libsentencepiece-dev sentencepiece nlohmann-json3-dev
-          libcli11-dev libspdlog-dev libfmt-dev libgtest-dev libopenblas0-pthread
+          libcli11-dev libspdlog-dev libfmt-dev libgtest-dev libopenblas0-pthread libgloo-dev
           python3-torch python3-numpy)
 missing=()
 for p in "${PACKAGES[@]}"; do

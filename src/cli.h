@@ -33,5 +33,6 @@ void add_eval_command(CLI::App& app, const GlobalOptions& g);
 void add_convert_command(CLI::App& app, const GlobalOptions& g);
 void add_data_command(CLI::App& app, const GlobalOptions& g);
 void add_finetune_command(CLI::App& app, const GlobalOptions& g);
+void add_launch_command(CLI::App& app, const GlobalOptions& g);
 
 }  // namespace sl

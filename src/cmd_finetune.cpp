@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include "cli.h"
+#include "sortedllama/distributed.h"
 #include "sortedllama/train.h"
 
 namespace sl {
@@ -23,7 +24,12 @@ void add_finetune_command(CLI::App& app, const GlobalOptions& g) {
       ->default_str("auto");
   cmd->callback([a, cmd, &g] {
     nlohmann::json cfg = resolve_train_config(a->config, a->sets);
-    std::cout << cfg.dump(2) << std::endl;  // the resolved config, as saved to out_dir/config.json
+    const DistEnv env = DistEnv::from_environment();
+    if (env.world > 1) {  // ranks tag their lines; only rank 0 reports progress
+      spdlog::default_logger()->set_pattern(fmt::format("[%H:%M:%S rank {}/{} %^%l%$] %v", env.rank, env.world));
+      if (env.rank != 0 && spdlog::get_level() < spdlog::level::warn) spdlog::set_level(spdlog::level::warn);
+    }
+    if (env.rank == 0) std::cout << cfg.dump(2) << std::endl;  // the resolved config, as saved to out_dir/config.json
     std::string resume = cmd->count("--resume") ? (a->resume.empty() ? "auto" : a->resume) : "";
     finetune(cfg, resume, resolve_device(g.device));
   });

@@ -61,6 +61,7 @@ int main(int argc, char** argv) {
   sl::add_convert_command(app, g);
   sl::add_data_command(app, g);
   sl::add_finetune_command(app, g);
+  sl::add_launch_command(app, g);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -130,8 +130,8 @@ LlamaImpl::LlamaImpl(const ModelConfig& cfg) : cfg_(cfg) {
   if (!cfg_.tie_embeddings) lm_head = register_module("lm_head", Linear(cfg_.dim, cfg_.vocab_size));
   ict_heads = register_module("ict_heads", std::make_shared<torch::nn::Module>());
   const int64_t hd = cfg_.head_dim();
-  inv_freq_ = 1.0 / torch::pow(cfg_.rope_theta, torch::arange(0, hd, 2, torch::kFloat64) / (double)hd);
-  inv_freq_ = register_buffer("inv_freq", inv_freq_.to(torch::kFloat32));
+  // Not a buffer: module->to(bf16) must not round the frequencies (positions * inv_freq stay fp32).
+  inv_freq_ = (1.0 / torch::pow(cfg_.rope_theta, torch::arange(0, hd, 2, torch::kFloat64) / (double)hd)).to(torch::kFloat32);
   if (!cfg_.ict_exits.empty()) add_ict_heads(cfg_.ict_exits);
 }
 
@@ -147,7 +147,7 @@ void LlamaImpl::init_weights(double std, uint64_t seed) {
 Tensor LlamaImpl::embed(const Tensor& tokens) { return body->embed_tokens(tokens); }
 
 AttnInputs LlamaImpl::attn_inputs(const Tensor& key_mask, int64_t B, int64_t q_start, int64_t T) const {
-  auto dev = inv_freq_.device();
+  auto dev = body->norm->weight.device();
   const int64_t S = q_start + T;
   Tensor slots = torch::arange(q_start, S, torch::dtype(torch::kInt64).device(dev));  // [T]
   Tensor pos;                                                                           // [B,T]
@@ -157,7 +157,7 @@ AttnInputs LlamaImpl::attn_inputs(const Tensor& key_mask, int64_t B, int64_t q_s
   } else {
     pos = slots.unsqueeze(0).expand({B, T});
   }
-  Tensor freqs = pos.unsqueeze(-1).to(torch::kFloat32) * inv_freq_;  // [B,T,hd/2]
+  Tensor freqs = pos.unsqueeze(-1).to(torch::kFloat32) * inv_freq_.to(dev);  // [B,T,hd/2]
   Tensor emb = torch::cat({freqs, freqs}, -1).unsqueeze(1);            // [B,1,T,hd]
   auto dtype = body->norm->weight.scalar_type();
   AttnInputs in{emb.cos().to(dtype), emb.sin().to(dtype), {}};
@@ -215,6 +215,7 @@ void LlamaImpl::add_ict_heads(const std::vector<int>& exits) {
   for (int e : exits) {
     if (has_ict_head(e)) continue;
     auto h = ict_heads->register_module(std::to_string(e), Linear(cfg_.dim, cfg_.vocab_size));
+    h->to(shared.device(), shared.scalar_type());
     h->weight.copy_(shared);
     if (std::find(cfg_.ict_exits.begin(), cfg_.ict_exits.end(), e) == cfg_.ict_exits.end()) cfg_.ict_exits.push_back(e);
   }

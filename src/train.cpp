@@ -12,8 +12,10 @@
 #include <spdlog/spdlog.h>
 
 #include "sortedllama/checkpoint.h"
+#include "sortedllama/distributed.h"
 #include "sortedllama/eval_lm.h"
 #include "sortedllama/exits.h"
+#include "sortedllama/optimizer.h"
 #include "sortedllama/safetensors.h"
 #include "sortedllama/tokenizer.h"
 
@@ -21,6 +23,12 @@ namespace fs = std::filesystem;
 using torch::Tensor;
 
 namespace sl {
+
+int64_t target_count(const Example& e) {
+  int64_t n = 0;
+  for (size_t t = 0; t + 1 < e.tokens.size(); ++t) n += e.target[t + 1] ? 1 : 0;
+  return n;
+}
 
 Batch collate(const std::vector<const Example*>& examples, torch::Device device) {
   const int64_t B = (int64_t)examples.size();
@@ -126,21 +134,26 @@ std::map<int, double> multi_exit_backward(Llama& model, const Batch& batch, cons
 }
 
 std::map<int, double> validation_loss(Llama& model, const std::vector<Example>& data, const std::vector<int>& exits,
-                                      int64_t batch_size) {
+                                      int64_t batch_size, Dist* dist) {
   torch::NoGradGuard no_grad;
   auto dev = model->body->norm->weight.device();
-  std::map<int, double> sums;
-  int64_t targets = 0;
-  for (size_t s = 0; s < data.size(); s += (size_t)batch_size) {
-    std::vector<const Example*> group;
-    for (size_t i = s; i < std::min(data.size(), s + (size_t)batch_size); ++i) group.push_back(&data[i]);
+  const int rank = dist ? dist->rank() : 0, world = dist ? dist->world() : 1;
+  std::vector<const Example*> mine;  // rank r scores examples r, r + world, ...
+  for (size_t i = (size_t)rank; i < data.size(); i += (size_t)world) mine.push_back(&data[i]);
+  Tensor sums = torch::zeros({(int64_t)exits.size() + 1}, torch::kFloat64);  // per exit, then targets
+  for (size_t s = 0; s < mine.size(); s += (size_t)batch_size) {
+    std::vector<const Example*> group(mine.begin() + s, mine.begin() + std::min(mine.size(), s + (size_t)batch_size));
     Batch b = collate(group, dev);
     auto hidden = model->forward(b.tokens, exits, b.key_mask);
-    for (size_t e = 0; e < exits.size(); ++e) sums[exits[e]] += exit_nll_sum(model, hidden[e], b.labels, exits[e]).item<double>();
-    targets += b.targets;
+    for (size_t e = 0; e < exits.size(); ++e)
+      sums[e] += exit_nll_sum(model, hidden[e], b.labels, exits[e]).item<double>();
+    sums[(int64_t)exits.size()] += (double)b.targets;
   }
-  for (auto& [e, v] : sums) v /= (double)std::max<int64_t>(1, targets);
-  return sums;
+  if (dist) dist->all_reduce_sum(sums);
+  std::map<int, double> out;
+  for (size_t e = 0; e < exits.size(); ++e)
+    out[exits[e]] = sums[e].item<double>() / std::max(1.0, sums[(int64_t)exits.size()].item<double>());
+  return out;
 }
 
 namespace {
@@ -158,35 +171,20 @@ std::string latest_checkpoint(const std::string& out_dir) {
   return best;
 }
 
-// AdamW's per-parameter state is keyed by the parameter's TensorImpl address in libtorch.
-std::string state_key(const Tensor& p) { return c10::guts::to_string(p.unsafeGetTensorImpl()); }
-
-void save_trainer_state(const std::string& dir, torch::optim::AdamW& opt,
-                        const std::vector<std::pair<std::string, Tensor>>& trainable, int64_t step,
+void save_trainer_state(const std::string& dir, const OptimizerState& st, int64_t step, int world,
                         const nlohmann::json& config) {
-  std::vector<Tensor> keep;
   std::vector<TensorBlob> blobs;
-  nlohmann::json steps = nlohmann::json::object();
-  for (const auto& [name, p] : trainable) {
-    auto it = opt.state().find(state_key(p));
-    if (it == opt.state().end()) continue;
-    auto& st = static_cast<torch::optim::AdamWParamState&>(*it->second);
-    for (auto [suffix, t] : {std::make_pair(".exp_avg", st.exp_avg()), std::make_pair(".exp_avg_sq", st.exp_avg_sq())}) {
-      Tensor c = t.detach().to(torch::kCPU, torch::kFloat32).contiguous();
-      keep.push_back(c);
-      blobs.push_back({name + suffix, "F32", std::vector<int64_t>(c.sizes().begin(), c.sizes().end()), c.data_ptr(),
-                       (size_t)c.numel() * 4});
-    }
-    steps[name] = st.step();
-  }
+  for (const auto& [name, t] : st.tensors)
+    blobs.push_back({name, "F32", std::vector<int64_t>(t.sizes().begin(), t.sizes().end()), t.data_ptr(),
+                     (size_t)t.numel() * 4});
   write_safetensors(dir + "/optimizer.safetensors", blobs);
   std::ofstream f(dir + "/trainer_state.json");
-  f << nlohmann::json{{"step", step}, {"adam_steps", steps}, {"config", config}}.dump(2) << "\n";
+  f << nlohmann::json{{"step", step}, {"adam_steps", st.steps}, {"world_size", world}, {"config", config}}.dump(2) << "\n";
   if (!f) throw std::runtime_error(dir + "/trainer_state.json: write failed");
 }
 
-int64_t load_trainer_state(const std::string& dir, torch::optim::AdamW& opt,
-                           const std::vector<std::pair<std::string, Tensor>>& trainable) {
+// Any number of ranks can resume a state saved by any other: it holds every parameter's moments.
+int64_t load_trainer_state(const std::string& dir, DistAdamW& opt) {
   const std::string path = dir + "/trainer_state.json";
   std::ifstream f(path);
   if (!f) throw std::runtime_error("cannot resume: " + path + " is missing");
@@ -196,25 +194,18 @@ int64_t load_trainer_state(const std::string& dir, torch::optim::AdamW& opt,
   } catch (const nlohmann::json::parse_error& e) {
     throw std::runtime_error(path + ": malformed JSON: " + e.what());
   }
-  if (!j.contains("step") || !j["step"].is_number_integer() || !j.contains("adam_steps"))
+  if (!j.contains("step") || !j["step"].is_number_integer() || !j.contains("adam_steps") || !j["adam_steps"].is_object())
     throw std::runtime_error(path + ": missing \"step\" or \"adam_steps\"");
   SafetensorsFile sf(dir + "/optimizer.safetensors");
-  for (const auto& [name, p] : trainable) {
-    if (!j["adam_steps"].contains(name)) continue;
-    auto st = std::make_unique<torch::optim::AdamWParamState>();
-    st->step(j["adam_steps"][name].get<int64_t>());
-    auto load = [&](const std::string& key) {
-      const TensorView& v = sf.at(key);
-      if (v.dtype != "F32" || c10::IntArrayRef(v.shape) != p.sizes())
-        throw std::runtime_error(sf.path() + ": tensor " + key + " does not match parameter " + name);
-      // copy=true: the mapping is read-only and goes away with `sf`.
-      return torch::from_blob(const_cast<uint8_t*>(v.data), v.shape, torch::kFloat32)
-          .to(p.device(), p.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
-    };
-    st->exp_avg(load(name + ".exp_avg"));
-    st->exp_avg_sq(load(name + ".exp_avg_sq"));
-    opt.state()[state_key(p)] = std::move(st);
-  }
+  opt.load_state(
+      [&](const std::string& key) {
+        if (!sf.contains(key)) return Tensor();
+        const TensorView& v = sf.at(key);
+        if (v.dtype != "F32") throw std::runtime_error(sf.path() + ": tensor " + key + " is " + v.dtype + ", not F32");
+        // clone: the mapping is read-only and goes away with `sf`.
+        return torch::from_blob(const_cast<uint8_t*>(v.data), v.shape, torch::kFloat32).clone();
+      },
+      j["adam_steps"], sf.path());
   return j["step"].get<int64_t>();
 }
 
@@ -244,21 +235,31 @@ std::string format_duration(double s) {
 FinetuneResult finetune(const nlohmann::json& config, const std::string& resume, torch::Device device,
                         const FinetuneHooks& hooks) {
   const TrainOptions o = parse_train_options(config);
-  fs::create_directories(o.out_dir);
+  // Data-parallel ranks (torchrun's environment, or `sortedllama launch`); a lone process is rank 0 of 1.
+  const DistEnv env = DistEnv::from_environment();
+  if (device.is_cuda() && env.world > 1) device = torch::Device(torch::kCUDA, (c10::DeviceIndex)env.local_rank);
+  if (o.batch_size % env.world != 0)
+    throw std::runtime_error("config key \"train.batch_size\" (" + std::to_string(o.batch_size) +
+                             " sequences per micro-batch, over all ranks) is not divisible by the " +
+                             std::to_string(env.world) + " ranks");
+  Dist dist(env, std::chrono::seconds(o.dist_timeout_s));
+  const bool lead = dist.rank() == 0;  // rank 0 logs and writes; every rank computes
+  const torch::Dtype dtype = o.precision == "bf16" ? torch::kBFloat16 : torch::kFloat32;
+  if (lead) fs::create_directories(o.out_dir);
 
   // Where to start: a checkpoint when resuming, else the configured model or a fresh one.
   std::string resume_dir = resume == "auto" ? latest_checkpoint(o.out_dir) : resume;
-  if (resume == "auto" && resume_dir.empty()) spdlog::info("no checkpoint in {}: starting fresh", o.out_dir);
+  if (resume == "auto" && resume_dir.empty() && lead) spdlog::info("no checkpoint in {}: starting fresh", o.out_dir);
   Llama model{nullptr};
   if (!resume_dir.empty()) {
-    model = load_model(resume_dir, device);
+    model = load_model(resume_dir, device, dtype);
   } else if (!o.model.empty()) {
-    model = load_model(o.model, device);
+    model = load_model(o.model, device, dtype);
   } else {
     ModelConfig c = ModelConfig::from_json(o.init, "config key \"init\"");
     model = Llama(c);
     model->init_weights(0.02, o.seed);
-    model->to(device);
+    model->to(device, dtype);
   }
   const std::string tok_path = !o.tokenizer.empty() ? o.tokenizer : model_tokenizer_path(o.model.empty() ? resume_dir : o.model);
   Tokenizer tok(tok_path);
@@ -287,12 +288,21 @@ FinetuneResult finetune(const nlohmann::json& config, const std::string& resume,
     if (train) trainable.emplace_back(p.key(), p.value());
   }
   model->train();
+  if (dist.world() > 1) {  // every rank starts from rank 0's weights, whatever its own initialisation did
+    torch::NoGradGuard no_grad;
+    for (auto& p : model->parameters()) {
+      Tensor t = p.to(torch::kFloat32);
+      dist.broadcast(t, 0);
+      p.copy_(t);
+    }
+  }
 
   // Data.
   DataStats st;
   std::vector<Example> train = load_examples(o.train_file, tok, o.data, &st), valid;
-  spdlog::info("{}: {} examples ({} skipped, {} dropped as too long, {} truncated), {} target tokens", o.train_file,
-               st.used, st.skipped, st.too_long, st.truncated, st.target_tokens);
+  if (lead)
+    spdlog::info("{}: {} examples ({} skipped, {} dropped as too long, {} truncated), {} target tokens", o.train_file,
+                 st.used, st.skipped, st.too_long, st.truncated, st.target_tokens);
   if (!o.valid_file.empty()) valid = load_examples(o.valid_file, tok, o.data, nullptr);
   else if (o.valid_fraction > 0) split_validation(train, valid, o.valid_fraction, o.seed);
 
@@ -301,35 +311,32 @@ FinetuneResult finetune(const nlohmann::json& config, const std::string& resume,
   const int64_t total = o.max_steps > 0 ? o.max_steps : (o.epochs * per_epoch + o.grad_accum - 1) / o.grad_accum;
   const int64_t warmup = (int64_t)std::ceil(o.warmup_ratio * (double)total);
 
-  std::vector<Tensor> decay, no_decay;  // weight decay on matrices only, as HF does for LLaMA
-  for (auto& [name, p] : trainable) (p.dim() >= 2 ? decay : no_decay).push_back(p);
-  auto opts = torch::optim::AdamWOptions(o.lr).betas({o.beta1, o.beta2}).eps(o.adam_eps).weight_decay(o.weight_decay);
-  std::vector<torch::optim::OptimizerParamGroup> groups;
-  if (!decay.empty()) groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(opts));
-  if (!no_decay.empty())
-    groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(
-                                      torch::optim::AdamWOptions(opts).weight_decay(0.0)));
-  torch::optim::AdamW opt(std::move(groups), opts);
+  AdamWConfig adam{o.beta1, o.beta2, o.adam_eps, o.weight_decay};  // decay on matrices only, as HF does for LLaMA
+  DistAdamW opt(trainable, adam, dist, o.zero_stage == 2);
 
   int64_t step = 0;
   if (!resume_dir.empty()) {
-    step = load_trainer_state(resume_dir, opt, trainable);
-    spdlog::info("resumed from {} at step {}", resume_dir, step);
+    step = load_trainer_state(resume_dir, opt);
+    if (lead) spdlog::info("resumed from {} at step {}", resume_dir, step);
   }
-  {
+  if (lead) {
     std::ofstream f(o.out_dir + "/config.json");
     f << config.dump(2) << "\n";
+    spdlog::info("{} on {} layers, exits {} (weights {}), {} steps of {} x {} sequences over {} rank(s), lr {} (warmup {}), "
+                 "{} trainable tensors, {}, optimizer {} ({} of {} elements on this rank)",
+                 o.method, L, format_exits(exits), nlohmann::json(weights).dump(), total, o.grad_accum, o.batch_size,
+                 dist.world(), o.lr, warmup, trainable.size(), o.precision, o.zero_stage == 2 ? "sharded (ZeRO-2)" : "replicated",
+                 opt.owned_numel(), [&] { int64_t n = 0; for (auto& t : trainable) n += t.second.numel(); return n; }());
   }
-  spdlog::info("{} on {} layers, exits {} (weights {}), {} steps of {} x {} sequences, lr {} (warmup {}), {} trainable tensors",
-               o.method, L, format_exits(exits), nlohmann::json(weights).dump(), total, o.grad_accum, o.batch_size,
-               o.lr, warmup, trainable.size());
 
-  std::ofstream metrics(o.out_dir + "/metrics.jsonl", resume_dir.empty() ? std::ios::trunc : std::ios::app);
+  std::ofstream metrics;
+  if (lead) metrics.open(o.out_dir + "/metrics.jsonl", resume_dir.empty() ? std::ios::trunc : std::ios::app);
   auto log_valid = [&](int64_t at) {
     if (valid.empty()) return std::map<int, double>{};
     model->eval();
-    auto v = validation_loss(model, valid, exits, o.batch_size);
+    auto v = validation_loss(model, valid, exits, o.batch_size, &dist);
     model->train();
+    if (!lead) return v;
     nlohmann::json per = nlohmann::json::object();
     std::string line;
     for (auto& [e, l] : v) {
@@ -340,11 +347,16 @@ FinetuneResult finetune(const nlohmann::json& config, const std::string& resume,
     spdlog::info("step {} validation loss per exit:{}", at, line);
     return v;
   };
+  // Every rank takes part (the optimizer state is gathered); rank 0 writes.
   auto save_checkpoint = [&](const std::string& dir, bool with_state) {
-    write_dir_atomically(dir, [&](const std::string& tmp) {
-      write_model_files(model, tmp, tok_path);
-      if (with_state) save_trainer_state(tmp, opt, trainable, step, config);
-    });
+    OptimizerState state;
+    if (with_state) state = opt.gather_state();
+    if (lead)
+      write_dir_atomically(dir, [&](const std::string& tmp) {
+        write_model_files(model, tmp, tok_path, dtype);  // bf16 training saves BF16, like HF checkpoints
+        if (with_state) save_trainer_state(tmp, state, step, dist.world(), config);
+      });
+    dist.barrier();
   };
 
   FinetuneResult result;
@@ -377,6 +389,7 @@ FinetuneResult finetune(const nlohmann::json& config, const std::string& resume,
     double wsum = 0;
     for (double w : step_weights) wsum += w;
     // The step's micro-batches; micro-batch m is batch (m % per_epoch) of epoch (m / per_epoch).
+    // Every rank knows the whole global batch (for the token counts) and runs its contiguous share.
     std::vector<Batch> micro;
     int64_t targets = 0, tokens = 0;
     for (int64_t a = 0; a < o.grad_accum; ++a) {
@@ -385,31 +398,33 @@ FinetuneResult finetune(const nlohmann::json& config, const std::string& resume,
         batches = epoch_batches(train, o.batch_size, o.seed, epoch, o.group_by_length);
         batches_epoch = epoch;
       }
+      const std::vector<size_t>& global = batches[m % per_epoch];
+      const size_t n = global.size(), lo = n * dist.rank() / dist.world(), hi = n * (dist.rank() + 1) / dist.world();
       std::vector<const Example*> group;
-      for (size_t i : batches[m % per_epoch]) group.push_back(&train[i]);
-      micro.push_back(collate(group, device));
-      targets += micro.back().targets;
-      tokens += micro.back().key_mask.sum().item<int64_t>();
+      for (size_t j = 0; j < n; ++j) {
+        targets += target_count(train[global[j]]);
+        tokens += (int64_t)train[global[j]].tokens.size();
+        if (j >= lo && j < hi) group.push_back(&train[global[j]]);
+      }
+      if (!group.empty()) micro.push_back(collate(group, device));
     }
     std::map<int, double> exit_nll;
     for (const Batch& b : micro)
       for (auto& [e, v] : multi_exit_backward(model, b, step_exits, step_weights, wsum * std::max<int64_t>(1, targets),
                                               o.loss_chunk, o.checkpoint_activations))
         exit_nll[e] += v;
-    std::vector<Tensor> params;
-    for (auto& [name, p] : trainable) params.push_back(p);
-    const double grad_norm = o.clip > 0 ? torch::nn::utils::clip_grad_norm_(params, o.clip)
-                                        : torch::nn::utils::clip_grad_norm_(params, 1e30);
     const double lr = lr_at(step, total, warmup, o.lr, o.min_lr_ratio);
-    for (auto& g : opt.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
-    opt.step();
+    const double grad_norm = opt.step(lr, o.clip);
     opt.zero_grad();
     ++step;
 
+    Tensor nll = torch::zeros({(int64_t)step_exits.size()}, torch::kFloat64);  // summed over ranks
+    for (size_t i = 0; i < step_exits.size(); ++i) nll[(int64_t)i] = exit_nll[step_exits[i]];
+    dist.all_reduce_sum(nll);
     double loss = 0;
     nlohmann::json per = nlohmann::json::object();
     for (size_t i = 0; i < step_exits.size(); ++i) {
-      const double l = exit_nll[step_exits[i]] / (double)std::max<int64_t>(1, targets);
+      const double l = nll[(int64_t)i].item<double>() / (double)std::max<int64_t>(1, targets);
       per[std::to_string(step_exits[i])] = l;
       loss += step_weights[i] * l / wsum;
     }
@@ -419,11 +434,13 @@ FinetuneResult finetune(const nlohmann::json& config, const std::string& resume,
     const double eta = elapsed / (double)(step - start_step) * (double)(total - step);
     const double epoch_f = (double)(step * o.grad_accum) / (double)per_epoch;
     const double tok_s = tokens / (ms / 1000.0);
-    nlohmann::json rec = {{"type", "train"}, {"step", step},       {"epoch", epoch_f}, {"loss", loss},
-                          {"exit_loss", per}, {"lr", lr},          {"grad_norm", grad_norm},
-                          {"tokens", tokens}, {"tokens_per_s", tok_s}, {"ms_per_step", ms}, {"eta_s", eta}};
-    metrics << rec.dump() << "\n" << std::flush;
-    if (step % o.log_every == 0 || step == total) {
+    if (lead) {
+      nlohmann::json rec = {{"type", "train"}, {"step", step},       {"epoch", epoch_f}, {"loss", loss},
+                            {"exit_loss", per}, {"lr", lr},          {"grad_norm", grad_norm},
+                            {"tokens", tokens}, {"tokens_per_s", tok_s}, {"ms_per_step", ms}, {"eta_s", eta}};
+      metrics << rec.dump() << "\n" << std::flush;
+    }
+    if (lead && (step % o.log_every == 0 || step == total)) {
       std::string exit_str;
       for (auto& [e, l] : per.items()) exit_str += fmt::format(" {}:{:.3f}", e, l.get<double>());
       const std::string line = fmt::format("step {}/{} epoch {:.2f} loss {:.4f} [{} ] lr {:.2e} gnorm {:.2f} {:.0f} tok/s {:.0f} ms/step ETA {}",
@@ -433,15 +450,16 @@ FinetuneResult finetune(const nlohmann::json& config, const std::string& resume,
       if (tty && step == total) fmt::print(stderr, "\n");
     }
     if (o.eval_every > 0 && step % o.eval_every == 0 && step < total) {
-      if (tty) fmt::print(stderr, "\n");
+      if (tty && lead) fmt::print(stderr, "\n");
       log_valid(step);
     }
     if (o.save_every > 0 && step % o.save_every == 0 && step < total) {
       save_checkpoint(o.out_dir + "/" + step_dir_name(step), true);
       // Keep the newest keep_last step directories.
       std::vector<std::string> dirs;
-      for (auto& e : fs::directory_iterator(o.out_dir))
-        if (e.path().filename().string().rfind("step-", 0) == 0) dirs.push_back(e.path().string());
+      if (lead)
+        for (auto& e : fs::directory_iterator(o.out_dir))
+          if (e.path().filename().string().rfind("step-", 0) == 0) dirs.push_back(e.path().string());
       std::sort(dirs.begin(), dirs.end());
       for (size_t i = 0; i + (size_t)o.keep_last < dirs.size(); ++i) fs::remove_all(dirs[i]);
     }
@@ -451,7 +469,7 @@ FinetuneResult finetune(const nlohmann::json& config, const std::string& resume,
   model->eval();
   save_checkpoint(result.final_dir, false);
   result.steps = step;
-  spdlog::info("saved {}", result.final_dir);
+  if (lead) spdlog::info("saved {}", result.final_dir);
   return result;
 }
 

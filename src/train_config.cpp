@@ -44,8 +44,10 @@ nlohmann::json default_train_config() {
       "max_steps": 0,
       "seed": 42,
       "loss_chunk": 2048,
-      "checkpoint_activations": false
+      "checkpoint_activations": false,
+      "precision": "fp32"
     },
+    "dist": {"zero_stage": 0, "timeout_s": 600},
     "log": {"every": 10, "eval_every": 0},
     "save": {"every": 0, "keep_last": 2}
   })");
@@ -238,6 +240,15 @@ TrainOptions parse_train_options(const nlohmann::json& c) {
   o.seed = c["train"]["seed"].get<uint64_t>();
   o.loss_chunk = positive<int64_t>(c, ptr("/train/loss_chunk"), "train.loss_chunk");
   o.checkpoint_activations = c["train"]["checkpoint_activations"].get<bool>();
+  o.precision = c["train"]["precision"].get<std::string>();
+  if (o.precision != "fp32" && o.precision != "bf16")
+    throw std::runtime_error("config key \"train.precision\": \"" + o.precision + "\" is not one of fp32, bf16");
+
+  o.zero_stage = non_negative<int64_t>(c, ptr("/dist/zero_stage"), "dist.zero_stage");
+  if (o.zero_stage != 0 && o.zero_stage != 2)
+    throw std::runtime_error("config key \"dist.zero_stage\": " + std::to_string(o.zero_stage) +
+                             " is not supported (0: replicated optimizer, 2: sharded optimizer state and gradients)");
+  o.dist_timeout_s = positive<int64_t>(c, ptr("/dist/timeout_s"), "dist.timeout_s");
 
   o.log_every = positive<int64_t>(c, ptr("/log/every"), "log.every");
   o.eval_every = non_negative<int64_t>(c, ptr("/log/eval_every"), "log.eval_every");

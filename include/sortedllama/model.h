@@ -133,7 +133,7 @@ class LlamaImpl : public torch::nn::Module {
 
  private:
   ModelConfig cfg_;
-  torch::Tensor inv_freq_;  // [hd/2] rotary frequencies
+  torch::Tensor inv_freq_;  // [hd/2] rotary frequencies, fp32 on the CPU (moved per call)
 };
 TORCH_MODULE(Llama);
 

@@ -8,6 +8,7 @@
 #include <torch/torch.h>
 
 #include "sortedllama/data.h"
+#include "sortedllama/distributed.h"
 #include "sortedllama/model.h"
 #include "sortedllama/train_config.h"
 
@@ -22,6 +23,7 @@ struct Batch {
   int64_t targets = 0;     // labels >= 0
 };
 Batch collate(const std::vector<const Example*>& examples, torch::Device device);
+int64_t target_count(const Example& e);  // the labels >= 0 that collate() gives this example
 
 // Linear warmup from 0, then cosine decay to lr * min_ratio (HF's cosine schedule with a floor).
 double lr_at(int64_t step, int64_t total, int64_t warmup, double lr, double min_ratio);
@@ -36,9 +38,10 @@ std::map<int, double> multi_exit_backward(Llama& model, const Batch& batch, cons
                                           const std::vector<double>& weights, double norm, int64_t chunk,
                                           bool checkpoint_activations);
 
-// Mean response-token NLL per exit over `data` (no gradients).
+// Mean response-token NLL per exit over `data` (no gradients). With `dist`, each rank scores every
+// world-th example and the sums are all-reduced.
 std::map<int, double> validation_loss(Llama& model, const std::vector<Example>& data, const std::vector<int>& exits,
-                                      int64_t batch_size);
+                                      int64_t batch_size, Dist* dist = nullptr);
 
 struct FinetuneResult {
   std::string final_dir;
@@ -52,7 +55,9 @@ struct FinetuneHooks {
 };
 
 // Runs the finetune described by a resolved config (train_config.h). resume: "" = fresh start,
-// "auto" = the latest checkpoint in out_dir, else a checkpoint directory.
+// "auto" = the latest checkpoint in out_dir, else a checkpoint directory. Under torchrun-style
+// environment variables (RANK, WORLD_SIZE, ...) it is one data-parallel rank: train.batch_size is
+// the global micro-batch, split over the ranks; rank 0 logs and writes.
 FinetuneResult finetune(const nlohmann::json& config, const std::string& resume, torch::Device device,
                         const FinetuneHooks& hooks = {});
 

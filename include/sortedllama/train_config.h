@@ -43,6 +43,10 @@ struct TrainOptions {
   double lr = 0, min_lr_ratio = 0, warmup_ratio = 0, weight_decay = 0, beta1 = 0, beta2 = 0, adam_eps = 0, clip = 0;
   uint64_t seed = 0;
   bool checkpoint_activations = false;
+  std::string precision;  // fp32 | bf16 (bf16 weights and compute, fp32 master weights and moments)
+
+  int64_t zero_stage = 0;      // 0: every rank holds the whole optimizer; 2: state and gradients sharded
+  int64_t dist_timeout_s = 0;  // a collective waiting longer than this fails (dead or hung rank)
 
   int64_t log_every = 0, eval_every = 0, save_every = 0, keep_last = 0;
 };

@@ -1,0 +1,117 @@
+#include "sortedllama/distributed.h"
+
+#include <cstdlib>
+#include <stdexcept>
+
+#include <spdlog/spdlog.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+namespace sl {
+
+namespace {
+int env_int(const char* name, int fallback, int lo) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return fallback;
+  char* end = nullptr;
+  const long x = std::strtol(v, &end, 10);
+  if (*end != '\0' || x < lo || x > 65535)
+    throw std::runtime_error(std::string("environment variable ") + name + "=\"" + v + "\" is not a valid number");
+  return (int)x;
+}
+
+// Gloo reports peers that vanished as socket errors deep in its transport; keep the first line.
+std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
+}  // namespace
+
+DistEnv DistEnv::from_environment() {
+  DistEnv e;
+  e.world = env_int("WORLD_SIZE", 1, 1);
+  e.rank = env_int("RANK", 0, 0);
+  e.local_rank = env_int("LOCAL_RANK", e.rank, 0);
+  e.master_port = env_int("MASTER_PORT", 29500, 1);
+  if (const char* a = std::getenv("MASTER_ADDR"); a && *a) e.master_addr = a;
+  if (e.rank >= e.world)
+    throw std::runtime_error("environment: RANK=" + std::to_string(e.rank) + " is not below WORLD_SIZE=" +
+                             std::to_string(e.world));
+  return e;
+}
+
+struct Dist::Impl {
+  c10::intrusive_ptr<c10d::TCPStore> store;
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
+  std::chrono::seconds timeout;
+
+  // Runs one collective on CPU tensors (Gloo's CPU path covers every operation used here), staging
+  // device tensors through host memory, and turns transport failures into one clear error.
+  template <class F>
+  void run(torch::Tensor& t, const char* what, int rank, F&& op) {
+    torch::Tensor host = t.device().is_cpu() ? t : t.to(torch::kCPU);
+    std::vector<torch::Tensor> v{host};
+    try {
+      op(v)->wait(timeout);
+    } catch (const std::exception& e) {
+      throw std::runtime_error("rank " + std::to_string(rank) + ": " + what +
+                               " failed (a peer rank exited, crashed or did not answer within " +
+                               std::to_string(timeout.count()) + " s): " + first_line(e.what()));
+    }
+    if (!t.device().is_cpu()) t.copy_(host);
+  }
+};
+
+Dist::Dist(const DistEnv& env, std::chrono::seconds timeout) : env_(env) {
+  if (env_.world == 1) return;
+  impl_ = std::make_unique<Impl>();
+  impl_->timeout = timeout;
+  c10d::TCPStoreOptions so;
+  so.port = (uint16_t)env_.master_port;
+  so.isServer = env_.rank == 0;
+  so.numWorkers = (size_t)env_.world;
+  so.timeout = timeout;
+  try {
+    impl_->store = c10::make_intrusive<c10d::TCPStore>(env_.master_addr, so);
+    auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
+    const bool loopback = env_.master_addr == "127.0.0.1" || env_.master_addr == "localhost";
+    if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME"); ifname && *ifname)
+      opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
+    else if (loopback)
+      opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
+    else
+      opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+    impl_->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(impl_->store, env_.rank, env_.world, opts);
+  } catch (const std::exception& e) {
+    throw std::runtime_error("rank " + std::to_string(env_.rank) + ": rendezvous at " + env_.master_addr + ":" +
+                             std::to_string(env_.master_port) + " (world " + std::to_string(env_.world) +
+                             ") failed: " + first_line(e.what()));
+  }
+  spdlog::debug("rank {}/{} joined {}:{}", env_.rank, env_.world, env_.master_addr, env_.master_port);
+}
+
+Dist::~Dist() = default;
+
+void Dist::all_reduce_sum(torch::Tensor& t) {
+  if (!impl_) return;
+  impl_->run(t, "all-reduce", env_.rank, [&](std::vector<torch::Tensor>& v) { return impl_->pg->allreduce(v); });
+}
+
+void Dist::reduce_sum(torch::Tensor& t, int root) {
+  if (!impl_) return;
+  c10d::ReduceOptions o;
+  o.rootRank = root;
+  impl_->run(t, "reduce", env_.rank, [&](std::vector<torch::Tensor>& v) { return impl_->pg->reduce(v, o); });
+}
+
+void Dist::broadcast(torch::Tensor& t, int root) {
+  if (!impl_) return;
+  c10d::BroadcastOptions o;
+  o.rootRank = root;
+  impl_->run(t, "broadcast", env_.rank, [&](std::vector<torch::Tensor>& v) { return impl_->pg->broadcast(v, o); });
+}
+
+void Dist::barrier() {
+  if (!impl_) return;
+  torch::Tensor t = torch::zeros({1});
+  all_reduce_sum(t);  // Gloo's barrier cannot take a timeout per call; a tiny all-reduce can
+}
+
+}  // namespace sl
