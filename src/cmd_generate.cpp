@@ -163,10 +163,21 @@ void run_generate(GenerateArgs a, const GlobalOptions& g) {
       return false;
     };
 
+  if (a.compare_baseline && !prompts.empty()) {  // warm-up: the first timed run must not pay for set-up
+    GenerateOptions w = opt;
+    w.max_new_tokens = 2;
+    generate(m.model, {m.tokenizer->encode(prompts[0], true)}, w);
+  }
   for (size_t start = 0; start < prompts.size(); start += (size_t)a.batch_size) {
     const size_t end = std::min(prompts.size(), start + (size_t)a.batch_size);
     std::vector<std::vector<int>> ids;
     for (size_t i = start; i < end; ++i) ids.push_back(m.tokenizer->encode(prompts[i], /*bos=*/true));
+    const int64_t context = m.model->config().max_seq_len;
+    for (size_t i = 0; i < ids.size(); ++i)
+      if ((int64_t)ids[i].size() + opt.max_new_tokens > context)
+        spdlog::warn("prompt {} has {} tokens; with --max-new-tokens {} it runs past the model's {} positions "
+                     "(max_position_embeddings): quality degrades there", start + i + 1, ids[i].size(),
+                     opt.max_new_tokens, context);
     BatchRun run = run_batch(m.model, ids, a, streaming);
     // --compare-baseline: plain decoding of the same sub-model (the full model for --dynamic).
     std::vector<Generation> base;

@@ -187,6 +187,11 @@ std::vector<ExitGenerations> eval_generate(Llama& model, const std::vector<std::
       plain.push_back(&r);
     }
   std::sort(plain.begin(), plain.end(), [](auto* a, auto* b) { return a->exit < b->exit; });
+  if (!prompts.empty() && rows.size() > 1) {  // warm-up, so that no row's timing pays for first-call set-up
+    GenerateOptions w;
+    w.max_new_tokens = 2;
+    generate(model, {prompts[0]}, w);
+  }
   const size_t bs = (size_t)std::max<int64_t>(1, opt.batch_size);
   for (size_t b = 0; b < prompts.size(); b += bs) {
     const size_t end = std::min(prompts.size(), b + bs);

@@ -329,8 +329,19 @@ FinetuneResult finetune(const nlohmann::json& config, const std::string& resume,
                  opt.owned_numel(), [&] { int64_t n = 0; for (auto& t : trainable) n += t.second.numel(); return n; }());
   }
 
+  // On resume, lines of steps after the checkpoint (logged before the interruption) are dropped:
+  // those steps run again and each step keeps one line.
+  std::vector<std::string> kept;
+  if (lead && !resume_dir.empty()) {
+    std::ifstream old(o.out_dir + "/metrics.jsonl");
+    for (std::string line; std::getline(old, line);) {
+      auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+      if (j.is_object() && j.value("step", (int64_t)0) <= step) kept.push_back(line);
+    }
+  }
   std::ofstream metrics;
-  if (lead) metrics.open(o.out_dir + "/metrics.jsonl", resume_dir.empty() ? std::ios::trunc : std::ios::app);
+  if (lead) metrics.open(o.out_dir + "/metrics.jsonl", std::ios::trunc);
+  for (const auto& line : kept) metrics << line << "\n";
   auto log_valid = [&](int64_t at) {
     if (valid.empty()) return std::map<int, double>{};
     model->eval();

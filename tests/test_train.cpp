@@ -233,6 +233,12 @@ TEST(Train, ResumedRunRepeatsTheUninterruptedOne) {
   auto rest = sl::finetune(d, "auto", torch::kCPU);
   ASSERT_EQ(rest.losses.size(), 3u);  // steps 4..6 again from the step-3 checkpoint
   for (size_t i = 0; i < 3; ++i) EXPECT_NEAR(rest.losses[i], full.losses[3 + i], 1e-6) << "step " << 4 + i;
+  // metrics.jsonl: one train line per step, the redone step 4 included once
+  std::ifstream m(d["out_dir"].get<std::string>() + "/metrics.jsonl");
+  std::vector<int64_t> steps;
+  for (std::string line; std::getline(m, line);)
+    if (auto j = nlohmann::json::parse(line); j["type"] == "train") steps.push_back(j["step"].get<int64_t>());
+  EXPECT_EQ(steps, (std::vector<int64_t>{1, 2, 3, 4, 5, 6}));
   auto a = sl::load_model(full.final_dir), b = sl::load_model(rest.final_dir);
   for (auto& p : a->named_parameters()) EXPECT_LT(sl_test::max_abs_diff(p.value(), b->named_parameters()[p.key()]), 1e-6);
 }
