@@ -33,6 +33,13 @@ DEFAULT_PROMPTS = [
 ]
 
 
+ALPACA_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further "
+                "context. Write a response that appropriately completes the request.\n\n"
+                "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:")
+ALPACA_NO_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately "
+                   "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:")
+
+
 def auto_exits(n_layers):
     """sl::parse_exits("auto", n): every layer below 8 layers, else 8 exits from 30% of the depth."""
     if n_layers < 8:
@@ -100,14 +107,28 @@ def main():
     ap.add_argument("--bin", required=True)
     ap.add_argument("--model", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--prompts", help="one prompt per line (default: 16 built-in prompts)")
+    ap.add_argument("--prompts", help="one prompt per line, or .jsonl of {prompt} or Alpaca {instruction, input} "
+                                      "records (default: 16 built-in prompts)")
+    ap.add_argument("--limit", type=int, default=32, help="at most this many .jsonl prompts")
     ap.add_argument("--max-new-tokens", type=int, default=128)
     args = ap.parse_args()
 
     with open(os.path.join(args.model, "config.json")) as f:
         n_layers = json.load(f)["num_hidden_layers"]
     prompt_file = args.prompts
-    if not prompt_file:
+    if prompt_file and prompt_file.endswith(".jsonl"):
+        # Alpaca-style records ({instruction, input}) become prompts in the Stanford template;
+        # {"prompt"} records pass through; --limit keeps N.
+        rows = [json.loads(l) for l in open(prompt_file) if l.strip()]
+        # Records with reference outputs: the longest answers first (a 3-token answer leaves a
+        # speculative round nothing to accept).
+        rows = sorted(rows, key=lambda r: -len(r.get("output", "")))[: args.limit]
+        prompt_file = os.path.join(args.out, "bench_prompts.jsonl")
+        with open(prompt_file, "w") as f:
+            for r in rows:
+                p = r["prompt"] if "prompt" in r else (ALPACA_INPUT if r.get("input") else ALPACA_NO_INPUT).format(**r)
+                f.write(json.dumps({"prompt": p}) + "\n")
+    elif not prompt_file:
         prompt_file = os.path.join(args.out, "bench_prompts.txt")
         with open(prompt_file, "w") as f:
             f.write("\n".join(p.replace("\n", " ") for p in DEFAULT_PROMPTS) + "\n")

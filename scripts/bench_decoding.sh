@@ -8,17 +8,13 @@
 #
 # MODEL_DIR should be a SoFT checkpoint (build/sortedllama finetune --config FILE): only sub-models
 # trained to be good make speculative drafts accepted and early exits confident. Without one the
-# script benchmarks the converted stories260K (not SoFT-trained), which shows the mechanics only.
-# SORTEDLLAMA=path/to/binary overrides the binary (default: build/sortedllama, else build-spec/).
+# script uses the embedded default's SoFT model (runs/demo/soft/final, trained by scripts/demo.sh
+# on CPU when it is missing) and the demo's held-out questions as prompts.
+# SORTEDLLAMA=path/to/binary overrides the binary (default: build/sortedllama).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BIN=${SORTEDLLAMA:-}
-if [ -z "$BIN" ]; then
-  for b in "$ROOT/build/sortedllama" "$ROOT/build-spec/sortedllama"; do
-    if [ -x "$b" ]; then BIN=$b; break; fi
-  done
-fi
-[ -n "$BIN" ] && [ -x "$BIN" ] || { echo "error: no sortedllama binary (build it, or set SORTEDLLAMA)" >&2; exit 1; }
+BIN=${SORTEDLLAMA:-$ROOT/build/sortedllama}
+[ -x "$BIN" ] || { echo "error: $BIN not found (run scripts/setup.sh, or set SORTEDLLAMA)" >&2; exit 1; }
 
 MODEL=
 if [ $# -gt 0 ] && [[ "$1" != --* ]]; then MODEL=$1; shift; fi
@@ -33,15 +29,12 @@ done
 mkdir -p "$OUT"
 
 if [ -z "$MODEL" ]; then
-  echo "note: this benchmark needs a SoFT checkpoint: train one with" >&2
-  echo "  $ROOT/build/sortedllama finetune --config FILE" >&2
-  echo "and pass its directory. Falling back to the converted stories260K, which is NOT SoFT-trained" >&2
-  echo "(its shallow exits are weak): the figures show the mechanics, not the paper's speedups." >&2
-  MODEL=${TMPDIR:-/tmp}/sortedllama-bench-stories260K
+  MODEL=$ROOT/runs/demo/soft/final
   if [ ! -f "$MODEL/model.safetensors" ]; then
-    S=$ROOT/../shared/models/stories260K
-    "$BIN" convert --from llama2c --input "$S/stories260K.bin" --tokenizer "$S/tok512.model" --out "$MODEL" >&2
+    echo "no checkpoint given: training the embedded default's SoFT model first (scripts/demo.sh)" >&2
+    "$ROOT/scripts/demo.sh" >&2
   fi
+  if [[ " ${ARGS[*]-} " != *" --prompts "* ]]; then ARGS+=(--prompts "$ROOT/runs/demo/data/test.jsonl"); fi
 fi
 [ -f "$MODEL/config.json" ] || { echo "error: $MODEL has no config.json" >&2; exit 1; }
 

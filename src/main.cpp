@@ -1,5 +1,7 @@
 // sortedllama: Sorted Fine-Tuning (SoFT) of LLaMA 2 and its nested sub-models.
 // Subcommands live in src/cmd_*.cpp; this file holds the global options and error handling.
+#include <malloc.h>
+
 #include <iostream>
 
 #include <spdlog/sinks/stdout_color_sinks.h>
@@ -37,6 +39,10 @@ LoadedModel load_model_and_tokenizer(const std::string& dir, const std::string& 
 }  // namespace sl
 
 int main(int argc, char** argv) {
+  // Tensors of 1 MiB and more get their own mappings and go back to the OS when freed. glibc's
+  // default raises this threshold as big blocks are freed, after which freed logits buffers stay
+  // in the heap: peak RSS then measured fragmentation (SoFT +11% over SFT) instead of live memory (+4%).
+  mallopt(M_MMAP_THRESHOLD, 1 << 20);
   auto logger = spdlog::stderr_color_mt("sortedllama");
   logger->set_pattern("[%H:%M:%S %^%l%$] %v");
   spdlog::set_default_logger(logger);
