@@ -105,7 +105,7 @@ def worker(args):
 
     exits = set(range(1, L + 1)) if args.method == "soft" else {L}
     opt = torch.optim.AdamW(params.values(), lr=2e-5, weight_decay=0.0)
-    timed_tokens, timed_s, losses = 0, 0.0, []
+    timed_tokens, timed_targets, timed_s, losses = 0, 0, 0.0, []
     for step in range(args.steps):
         batch = [examples[(step * args.batch_size + b) % len(examples)] for b in range(args.batch_size)]
         T = max(len(ids) for ids, _ in batch)
@@ -127,11 +127,13 @@ def worker(args):
         losses.append(loss.item())
         if step >= args.skip:
             timed_tokens += int(mask.sum())
+            timed_targets += int((labels >= 0).sum())
             timed_s += dt
         print(f"python {args.method} step {step + 1}/{args.steps} loss {loss.item():.3f} {dt * 1000:.0f} ms",
               file=sys.stderr, flush=True)
     print(json.dumps({"tokens_per_s": timed_tokens / timed_s, "ms_per_step": 1000 * timed_s / (args.steps - args.skip),
-                      "tokens_per_step": timed_tokens / (args.steps - args.skip), "first_loss": losses[0]}))
+                      "tokens_per_step": timed_tokens / (args.steps - args.skip),
+                      "targets_per_step": timed_targets / (args.steps - args.skip), "first_loss": losses[0]}))
 
 
 # ------------------------------------------------------------------ driver
@@ -203,7 +205,18 @@ def driver(args):
         r["speed_vs_pytorch_sft"] = round(r["tokens_per_s"] / base["tokens_per_s"], 3)
         own_sft = by[("pytorch" if r["impl"] == "pytorch" else "sortedllama", "sft")]
         r["rss_vs_same_impl_sft"] = round(r["peak_rss_mib"] / own_sft["peak_rss_mib"], 3)
+    # What SoFT's extra heads should cost: matrix FLOPs per step (forward + backward = 3x forward) of
+    # the trunk over every token and of one head (or 8) over the labelled positions. Both
+    # implementations see the same batches, so the PyTorch worker's token counts serve for both.
+    c = SHAPE
+    D, I, L, V = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["vocab_size"]
+    layer = D * D * (2 + 2 * c["num_key_value_heads"] / c["num_attention_heads"]) + 3 * D * I
+    trunk = 6 * L * layer * base["tokens_per_step"]
+    head = 6 * D * V * base["targets_per_step"]
     summary = {
+        "soft_over_sft_matrix_flops": round((trunk + L * head) / (trunk + head), 3),
+        "sortedllama_soft_over_sft_step_time": round(by[("sortedllama", "soft")]["ms_per_step"]
+                                                     / by[("sortedllama", "sft")]["ms_per_step"], 3),
         "sortedllama_vs_pytorch_speed_sft": round(by[("sortedllama", "sft")]["tokens_per_s"] / base["tokens_per_s"], 3),
         "sortedllama_vs_pytorch_speed_soft": round(by[("sortedllama", "soft")]["tokens_per_s"]
                                                    / by[("pytorch", "soft")]["tokens_per_s"], 3),

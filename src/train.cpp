@@ -311,6 +311,10 @@ FinetuneResult finetune(const nlohmann::json& config, const std::string& resume,
   const int64_t total = o.max_steps > 0 ? o.max_steps : (o.epochs * per_epoch + o.grad_accum - 1) / o.grad_accum;
   const int64_t warmup = (int64_t)std::ceil(o.warmup_ratio * (double)total);
 
+  // Positions per loss chunk: auto keeps one chunk's fp32 logits near 8 MiB (65 positions for a
+  // 32000-token vocabulary), so the logits, their softmax and their gradient are reused heap blocks
+  // rather than fresh page-faulted mappings, and SoFT's peak memory stays close to SFT's.
+  const int64_t loss_chunk = o.loss_chunk > 0 ? o.loss_chunk : std::max<int64_t>(32, (8 << 20) / (4 * model->config().vocab_size));
   AdamWConfig adam{o.beta1, o.beta2, o.adam_eps, o.weight_decay};  // decay on matrices only, as HF does for LLaMA
   DistAdamW opt(trainable, adam, dist, o.zero_stage == 2);
 
@@ -422,7 +426,7 @@ FinetuneResult finetune(const nlohmann::json& config, const std::string& resume,
     std::map<int, double> exit_nll;
     for (const Batch& b : micro)
       for (auto& [e, v] : multi_exit_backward(model, b, step_exits, step_weights, wsum * std::max<int64_t>(1, targets),
-                                              o.loss_chunk, o.checkpoint_activations))
+                                              loss_chunk, o.checkpoint_activations))
         exit_nll[e] += v;
     const double lr = lr_at(step, total, warmup, o.lr, o.min_lr_ratio);
     const double grad_norm = opt.step(lr, o.clip);

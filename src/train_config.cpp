@@ -43,7 +43,7 @@ nlohmann::json default_train_config() {
       "epochs": 0,
       "max_steps": 0,
       "seed": 42,
-      "loss_chunk": 2048,
+      "loss_chunk": 0,
       "checkpoint_activations": false,
       "precision": "fp32"
     },
@@ -238,7 +238,7 @@ TrainOptions parse_train_options(const nlohmann::json& c) {
   if (o.epochs == 0) o.epochs = o.method == "ict" ? 1 : 2;  // the paper: 2 epochs; ICT heads: 1
   o.max_steps = non_negative<int64_t>(c, ptr("/train/max_steps"), "train.max_steps");
   o.seed = c["train"]["seed"].get<uint64_t>();
-  o.loss_chunk = positive<int64_t>(c, ptr("/train/loss_chunk"), "train.loss_chunk");
+  o.loss_chunk = non_negative<int64_t>(c, ptr("/train/loss_chunk"), "train.loss_chunk");  // 0 = auto (train.cpp)
   o.checkpoint_activations = c["train"]["checkpoint_activations"].get<bool>();
   o.precision = c["train"]["precision"].get<std::string>();
   if (o.precision != "fp32" && o.precision != "bf16")

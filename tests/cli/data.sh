@@ -10,7 +10,7 @@ grep -qE "^total +300 +40 +40$" "$WORK/table" || fail "no totals"
 import hashlib, json, sys
 d = sys.argv[1]
 m = json.load(open(f"{d}/manifest.json"))
-assert m["params"] == {"generator": "sortedllama data synth", "version": 1, "seed": 5, "train": 300, "valid": 40, "test": 40}, m
+assert m["params"] == {"generator": "sortedllama data synth", "version": 2, "seed": 5, "train": 300, "valid": 40, "test": 40}, m
 assert set(m["files"]) == {"train.jsonl", "valid.jsonl", "test.jsonl", "tokenizer_corpus.txt"}, m["files"]
 for name, info in m["files"].items():
     assert hashlib.sha256(open(f"{d}/{name}", "rb").read()).hexdigest() == info["sha256"], name
