@@ -138,10 +138,13 @@ def worker(args):
 
 # ------------------------------------------------------------------ driver
 def run_measured(cmd, stdout_path):
-    """Runs cmd, returns (exit code, peak RSS in MiB, wall seconds)."""
+    """Runs cmd, returns (exit code, peak RSS in MiB, wall seconds). Every run gets the OpenMP wait
+    policy that sortedllama picks for itself (PASSIVE), so that the PyTorch loop is not slowed by
+    OpenMP threads spinning against OpenBLAS's."""
     t0 = time.perf_counter()
+    env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
     with open(stdout_path, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out)
+        proc = subprocess.Popen(cmd, stdout=out, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
     return os.waitstatus_to_exitcode(status), usage.ru_maxrss / 1024.0, time.perf_counter() - t0
 

@@ -11,10 +11,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=runs/demo
 CONFIG=configs/demo.json
-# libtorch's OpenMP threads spin while they wait; on a machine whose cores are also busy with
-# something else that makes every step several times slower. Passive waiting costs nothing here.
-export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
-
 SYNTH=(--train 20000 --valid 300 --test 200 --seed 1)
 # Digits split so that arithmetic sees one token per digit; no byte fallback keeps sequences short.
 # The fixed text of the Alpaca template is one piece per sentence or header, and a digit after a space

@@ -3,6 +3,7 @@
 #include <dlfcn.h>
 
 #include <cstdlib>
+#include <fstream>
 #include <thread>
 
 #include <torch/torch.h>
@@ -19,6 +20,15 @@ std::string library_of(const char* symbol) {
   std::string path = real ? real : info.dli_fname;
   std::free(real);
   return path;
+}
+
+// A variable as it was when this process image started (/proc/self/environ is not changed by
+// setenv): what libgomp saw when it loaded.
+std::string startup_env(const std::string& name) {
+  std::ifstream f("/proc/self/environ", std::ios::binary);
+  for (std::string kv; std::getline(f, kv, '\0');)
+    if (kv.compare(0, name.size() + 1, name + "=") == 0) return kv.substr(name.size() + 1);
+  return "";
 }
 }  // namespace
 
@@ -43,9 +53,11 @@ int init_threads(int n) {
 }
 
 std::string version_string() {
+  const std::string wait = startup_env("OMP_WAIT_POLICY");
   std::string device = torch::cuda::is_available() ? "cuda available" : "cpu";
   return std::string("sortedllama ") + SORTEDLLAMA_VERSION + " (libtorch " + TORCH_VERSION + ", BLAS: " +
-         blas_description() + ", " + std::to_string(torch::get_num_threads()) + " threads, " + device + ")";
+         blas_description() + ", " + std::to_string(torch::get_num_threads()) + " threads, OpenMP wait " +
+         (wait.empty() ? "default" : wait) + ", " + device + ")";
 }
 
 }  // namespace sl
