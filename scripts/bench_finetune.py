@@ -149,10 +149,10 @@ def run_measured(cmd, stdout_path):
     return os.waitstatus_to_exitcode(status), usage.ru_maxrss / 1024.0, time.perf_counter() - t0
 
 
-def machine(bin_path):
+def machine(bin_path, threads):
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     mem = next((int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
-    version = subprocess.run([bin_path, "--version"], capture_output=True, text=True).stdout.strip()
+    version = subprocess.run([bin_path, "--threads", str(threads), "--version"], capture_output=True, text=True).stdout.strip()
     return {"cpu": cpu, "cores": os.cpu_count(), "mem_gib": round(mem / 2**20, 1),
             "os": platform.platform(), "sortedllama": version, "load_avg_at_start": os.getloadavg()[0]}
 
@@ -231,7 +231,7 @@ def driver(args):
         for impl in ("sortedllama-2ranks", "sortedllama-2ranks-zero2"):
             summary[f"{impl}_speed_vs_1_process"] = round(by[(impl, "soft")]["tokens_per_s"] / one["tokens_per_s"], 3)
             summary[f"{impl}_rss_per_rank_vs_1_process"] = round(by[(impl, "soft")]["peak_rss_mib"] / one["peak_rss_mib"], 3)
-    result = {"benchmark": "finetune", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(args.bin),
+    result = {"benchmark": "finetune", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(args.bin, args.threads),
               "model": SHAPE, "setup": {"batch_size": args.batch_size, "max_seq_len": args.max_seq_len,
                                         "steps": args.steps, "untimed_steps": args.skip, "threads": args.threads,
                                         "data": args.alpaca, "records": args.records, "exits_soft": "all 8",

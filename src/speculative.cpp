@@ -136,7 +136,7 @@ std::vector<Generation> generate_speculative(Llama& model, const std::vector<std
     const int64_t R = (int64_t)batch.rows.size();
     int64_t most_left = 0;  // the most tokens any row may still emit
     for (int64_t s : batch.rows) most_left = std::max<int64_t>(most_left, opt.max_new_tokens - (int64_t)out[s].tokens.size());
-    const int64_t N = std::min(n_draft, most_left - 1);
+    int64_t N = std::min(n_draft, most_left - 1);  // shortened when every row has drafted EOS
     int64_t n = cache.len[0];  // first slot of this round
     if (n + N + 1 > batch.capacity) {
       n = compact(cache, batch.key_mask, n, target);
@@ -147,6 +147,8 @@ std::vector<Generation> generate_speculative(Llama& model, const std::vector<std
     // Draft: the pending token and N drafts through layers 1..K, one position at a time.
     Tensor tok = to_tensor(pending).to(dev).unsqueeze(1);  // [R,1]
     std::vector<Tensor> states, drafts, q_probs;            // [R,1,D] each; [R,1] each; [R,V] each (sampling)
+    Tensor ended = torch::zeros({R, 1}, torch::dtype(torch::kBool).device(dev));  // [R,1] drafted EOS
+    const int64_t planned = N;
     for (int64_t j = 0; j <= N; ++j) {
       AttnInputs in = model->attn_inputs(batch.key_mask.narrow(1, 0, n + j + 1), R, n + j, 1);
       Tensor x = model->embed(tok);  // [R,1,D]
@@ -161,7 +163,11 @@ std::vector<Generation> generate_speculative(Llama& model, const std::vector<std
         tok = torch::multinomial(q_probs.back(), 1, false, gen).to(dev);
       }
       drafts.push_back(tok);
+      // Drafting past EOS is wasted work: once every row has drafted it, only its state remains.
+      ended = ended.logical_or(tok.eq(opt.eos_id));
+      if (j + 1 < N && ended.all().item<bool>()) N = j + 1;
     }
+    if (N < planned) batch.key_mask.narrow(1, n + N + 1, planned - N).zero_();
     Tensor d = N > 0 ? torch::cat(drafts, 1).to(torch::kCPU) : torch::zeros({R, 0}, torch::kInt64);  // [R,N]
 
     // Verify: layers K+1..target over all N+1 positions at once, from the draft's layer-K states.

@@ -119,6 +119,28 @@ TEST(SpeculativeGreedy, RejectedSlotsBecomeHolesAndTheCacheIsCompacted) {
   EXPECT_LT(st.accepted, st.drafted);
 }
 
+// Drafting stops once every row has drafted EOS: with EOS set to the token the full model emits
+// second, which the draft also proposes first, the first round drafts 1 token (not 12) and ends.
+TEST(SpeculativeGreedy, DraftingStopsAtEos) {
+  std::string dir = sl_test::stories_model_dir();
+  sl::Llama m = sl::load_model(dir);
+  sl::Tokenizer tok(dir + "/tokenizer.model");
+  int found = 0;
+  for (const auto& p : story_prompts(tok)) {
+    const auto full = sl::generate(m, {p}, plain(2, 0, -1))[0].tokens;  // EOS -1: never stops
+    std::vector<int> q = p;
+    q.push_back(full[0]);
+    if (sl::generate(m, {q}, plain(1, 4, -1))[0].tokens[0] != full[1]) continue;
+    ++found;
+    sl::SpeculativeStats st;
+    expect_same(sl::generate_speculative(m, {p}, spec(60, 4, 12, full[1]), &st), sl::generate(m, {p}, plain(60, 0, full[1])),
+                "EOS drafted first");
+    EXPECT_EQ(st.rounds, 1);
+    EXPECT_EQ(st.drafted, 1) << "drafting went on past EOS";
+  }
+  EXPECT_GT(found, 0) << "no prompt where the draft's first token is the full model's second";
+}
+
 TEST(SpeculativeGreedy, VerifierCanBeASubModel) {
   std::string dir = sl_test::stories_model_dir();
   sl::Llama m = sl::load_model(dir);
