@@ -1,9 +1,11 @@
 """Runs the decoding modes of `sortedllama generate` on one checkpoint and tabulates them (Table 2).
 
 Called by scripts/bench_decoding.sh. Every mode decodes the same prompts one at a time (batch size 1,
-the latency setting of the paper), greedily, in one process per mode; ms/token is the total prefill +
-decode time over the tokens generated. Speedups divide the full model's ms/token measured in the
-same run. Agreement compares each mode's tokens with the full model's, position by position.
+the latency setting of the paper), greedily, in one process per mode, --repeat times round-robin
+(the fastest run counts); ms/token is the total prefill + decode time over the tokens generated,
+decode ms/token leaves out prefill and the token it yields. Speedups divide the full model's figures
+measured in the same run. Agreement compares each mode's tokens with the full model's, position by
+position.
 """
 import argparse
 import datetime
@@ -115,6 +117,7 @@ def main():
                                       "records (default: 16 built-in prompts)")
     ap.add_argument("--limit", type=int, default=32, help="at most this many .jsonl prompts")
     ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--repeat", type=int, default=3, help="runs per mode; the fastest counts")
     ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = one per core); small models "
                     "decode fastest on 1, as waking a second thread costs more than their matrix products")
     args = ap.parse_args()
@@ -146,9 +149,20 @@ def main():
     modes += [("dynamic", "default thresholds", ["--dynamic"])]
 
     run_mode(args, prompt_file, [], 8)  # warm-up: page in the weights, spin up threads
+    # Every mode --repeat times, round-robin, so that a slow spell of the machine hits all modes
+    # alike; each mode keeps its fastest run (greedy outputs are the same every time).
+    def total_ms(rows):
+        return sum(r["stats"]["prefill_ms"] + r["stats"]["decode_ms"] for r in rows)
+    best = {}
+    for rep in range(args.repeat):
+        for i, (kind, label, extra) in enumerate(modes):
+            rows = run_mode(args, prompt_file, extra)
+            if i not in best or total_ms(rows) < total_ms(best[i]):
+                best[i] = rows
+        print(f"pass {rep + 1}/{args.repeat} done", file=sys.stderr)
     results, full = [], None
-    for kind, label, extra in modes:
-        rows = run_mode(args, prompt_file, extra)
+    for i, (kind, label, extra) in enumerate(modes):
+        rows = best[i]
         s = summarise(rows, full)
         if full is None:
             full, full_ms, full_decode = rows, s["ms_per_token"], s["decode_ms_per_token"]
@@ -164,14 +178,16 @@ def main():
 
     info = {"date": datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(args),
             "model": os.path.abspath(args.model), "n_layers": n_layers, "prompts": prompt_file,
-            "max_new_tokens": args.max_new_tokens, "decoding": "greedy, batch size 1", "results": results}
+            "max_new_tokens": args.max_new_tokens, "repeat": args.repeat, "decoding": "greedy, batch size 1",
+            "results": results}
     with open(os.path.join(args.out, "decoding.json"), "w") as f:
         json.dump(info, f, indent=2)
 
     lines = [f"# Decoding speed: {os.path.basename(os.path.abspath(args.model))} ({n_layers} layers)", "",
              f"{info['date']}; {info['machine']['cpu']}, {info['machine']['nproc']} cores; "
              f"{info['machine']['sortedllama']}", "",
-             f"Greedy, batch size 1, {len(full)} prompts, up to {args.max_new_tokens} new tokens each. "
+             f"Greedy, batch size 1, {len(full)} prompts, up to {args.max_new_tokens} new tokens each; "
+             f"each mode run {args.repeat} times (round-robin), the fastest kept. "
              "ms/token: prefill and decoding over every new token; decode ms/token: the tokens after the first "
              "(which prefill yields). Speedups: full decoding's figure over the mode's, same run. Agreement: share of token positions "
              "equal to the full model's output; exact: share of identical outputs.", "",

@@ -42,8 +42,16 @@ LoadedModel load_model_and_tokenizer(const std::string& dir, const std::string& 
 int main(int argc, char** argv) {
   // libgomp reads OMP_WAIT_POLICY once, when it loads (before main). Its default spins idle OpenMP
   // threads, which starves OpenBLAS's own threads: training steps took 2x as long on 2 cores. So,
-  // unless the user chose a policy, restart this same process image once with PASSIVE.
-  if (!getenv("OMP_WAIT_POLICY") && setenv("OMP_WAIT_POLICY", "PASSIVE", 1) == 0) execv("/proc/self/exe", argv);
+  // unless the user chose a policy, restart this same binary once with PASSIVE (through its real
+  // path, so that ps and top still show "sortedllama").
+  if (!getenv("OMP_WAIT_POLICY") && setenv("OMP_WAIT_POLICY", "PASSIVE", 1) == 0) {
+    char self[4096];
+    const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n > 0) {
+      self[n] = '\0';
+      execv(self, argv);  // returns only on failure: then carry on with the default policy
+    }
+  }
   // glibc malloc, tuned for tensors: blocks up to 32 MiB come from the heap and are reused, and the
   // heap is not trimmed until 1 GiB of its top is free. glibc's defaults (a threshold that moves, a
   // 128 KiB trim) hand big blocks back to the kernel and fault them in again on the next step, which

@@ -5,13 +5,14 @@ M=$WORK/stories
 "$BIN" convert --from llama2c --input "$SHARED/models/stories260K/stories260K.bin" \
   --tokenizer "$SHARED/models/stories260K/tok512.model" --out "$M" 2>/dev/null
 printf 'Tom had a dog\nThe sky\n' >"$WORK/p.txt"
-SORTEDLLAMA=$BIN "$SRC/scripts/bench_decoding.sh" "$M" --prompts "$WORK/p.txt" --max-new-tokens 24 --threads 1 \
+SORTEDLLAMA=$BIN "$SRC/scripts/bench_decoding.sh" "$M" --prompts "$WORK/p.txt" --max-new-tokens 24 --threads 1 --repeat 2 \
   --out "$WORK/bench" >"$WORK/table" 2>"$WORK/err" || { cat "$WORK/err" >&2; fail "bench_decoding.sh failed"; }
 grep -q "| speculative | draft layer 1 |" "$WORK/table" || fail "no speculative row: $(cat "$WORK/table")"
 grep -q "1 threads" "$WORK/bench/decoding.md" || fail "the machine line does not show the threads used"
 /usr/bin/python3 - "$WORK/bench/decoding.json" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
+assert d["repeat"] == 2, d
 modes = [(r["mode"], r["setting"]) for r in d["results"]]
 assert ("full", "5 layers") in modes and ("dynamic", "default thresholds") in modes, modes
 assert sum(m == "exit" for m, _ in modes) == 4 and sum(m == "speculative" for m, _ in modes) == 4, modes
