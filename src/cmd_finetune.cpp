@@ -25,9 +25,10 @@ void add_finetune_command(CLI::App& app, const GlobalOptions& g) {
   cmd->callback([a, cmd, &g] {
     nlohmann::json cfg = resolve_train_config(a->config, a->sets);
     const DistEnv env = DistEnv::from_environment();
-    if (env.world > 1) {  // ranks tag their lines; only rank 0 reports progress
+    if (env.world > 1) {  // ranks tag their lines; only rank 0 reports progress and warnings
       spdlog::default_logger()->set_pattern(fmt::format("[%H:%M:%S rank {}/{} %^%l%$] %v", env.rank, env.world));
-      if (env.rank != 0 && spdlog::get_level() < spdlog::level::warn) spdlog::set_level(spdlog::level::warn);
+      // Every rank loads the same data and config, so their warnings would repeat rank 0's.
+      if (env.rank != 0 && spdlog::get_level() < spdlog::level::err) spdlog::set_level(spdlog::level::err);
     }
     if (env.rank == 0) std::cout << cfg.dump(2) << std::endl;  // the resolved config, as saved to out_dir/config.json
     std::string resume = cmd->count("--resume") ? (a->resume.empty() ? "auto" : a->resume) : "";

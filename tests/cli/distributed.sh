@@ -70,6 +70,12 @@ same "$WORK/soft-1" "$WORK/r12" 3 || fail "1-rank checkpoint resumed on 2 sharde
 expect_error "not divisible by the 2 ranks" "$BIN" launch --nproc 2 -- finetune --config "$WORK/cfg.json" \
   --set train.batch_size=7 --set out_dir="$WORK/odd"
 
+# Data warnings come once (rank 0), not once per rank: every rank reads the same file.
+{ cat "$WORK/tqa.jsonl"; echo '{"question": "no answers"}'; } >"$WORK/bad.jsonl"
+ft2 --set method=sft --set out_dir="$WORK/warn" --set data.train="$WORK/bad.jsonl" --set data.on_bad_record=skip \
+  --set train.max_steps=1
+[ "$(grep -c "skipping this record" "$WORK/err2")" -eq 1 ] || { cat "$WORK/err2" >&2; fail "the bad-record warning is not printed exactly once"; }
+
 # A rank killed mid-run: the launcher stops the other and fails, naming the rank.
 long=(--set train.max_steps=100000 --set save.every=0 --set log.every=1)
 wait_steps() {  # wait until DIR/metrics.jsonl has a line
