@@ -59,7 +59,8 @@ ojson config_json(const EvalArgs& a) {
           {"samples_a", a.samples_a}, {"samples_b", a.samples_b},
           {"judge", a.judge},         {"pairs", a.pairs},
           {"matrix", a.matrix},       {"judge_max_new_tokens", a.judge_max_new_tokens},
-          {"reference", a.reference}, {"positions", a.positions}};
+          {"reference", a.reference}, {"positions", a.positions},
+          {"label", a.label}};
 }
 
 void need(bool ok, const std::string& what) {
@@ -206,9 +207,11 @@ void write_plots(const EvalArgs& a, const TaskResult& r, const std::string& dir)
     }
     if (!j.contains("task") || j["task"] != r.task || !j.contains("exits") || !j["exits"].is_object())
       throw std::runtime_error("--overlay " + path + ": not a results.json of task " + r.task);
-    Run run;
-    run.name = fs::path(j.value("model", path)).filename().string() + " (" +
-               fs::path(path).parent_path().filename().string() + ")";
+    Run run;  // legend: the run's own --label, else its model and directory
+    const std::string label = j.contains("config") && j["config"].is_object() ? j["config"].value("label", "") : "";
+    run.name = !label.empty() ? label
+                              : fs::path(j.value("model", path)).filename().string() + " (" +
+                                    fs::path(path).parent_path().filename().string() + ")";
     for (const auto& [name, m] : j["exits"].items()) run.rows.emplace_back(row_x(name), m);
     std::sort(run.rows.begin(), run.rows.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
     runs.push_back(std::move(run));

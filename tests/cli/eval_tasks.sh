@@ -41,7 +41,7 @@ PY
 
 # triviaqa: two exits, table on stdout, samples, plots.
 "$BIN" eval --model "$M" --task triviaqa --data "$TQA" --limit 6 --exits 2,5 --batch-size 4 --out "$WORK/tqa" --plot \
-  | tee "$WORK/tqa.txt"
+  --label "stories run" | tee "$WORK/tqa.txt"
 grep -qE "^ +exit +exact_match +exact_match_case_sensitive +exact_match_official +f1 +n" "$WORK/tqa.txt" || fail "triviaqa table"
 for f in results.json results.md samples_exit2.jsonl samples_exit5.jsonl plot_exact_match.svg plot_f1.svg; do
   [ -s "$WORK/tqa/$f" ] || fail "missing $f"
@@ -68,6 +68,7 @@ for e in ("2", "5"):
         assert abs(a["exits"][e][k] - b["exits"][e][k]) < 1e-12, (e, k, a["exits"][e], b["exits"][e])
 PY
 [ "$(grep -c "<polyline" "$WORK/rescored/plot_f1.svg")" -eq 2 ] || fail "overlay plot should draw two runs"
+grep -q ">stories run<" "$WORK/rescored/plot_f1.svg" || fail "the overlaid run's legend is not its --label"
 
 # Few-shot prompts from a file of solved questions.
 "$BIN" eval --model "$M" --task triviaqa --data "$TQA" --limit 2 --exits 5 --num-fewshot 2 --fewshot-file "$TQA" \
