@@ -37,25 +37,48 @@ DistEnv DistEnv::from_environment() {
   return e;
 }
 
+// One collective in flight: the tensor it fills, its host staging copy, Gloo's handle.
+class Dist::Work {
+ public:
+  torch::Tensor target, host;
+  c10::intrusive_ptr<c10d::Work> work;
+  const char* what = "";
+};
+
 struct Dist::Impl {
   c10::intrusive_ptr<c10d::TCPStore> store;
   c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
   std::chrono::seconds timeout;
 
-  // Runs one collective on CPU tensors (Gloo's CPU path covers every operation used here), staging
-  // device tensors through host memory, and turns transport failures into one clear error.
+  // Starts one collective on CPU tensors (Gloo's CPU path covers every operation used here),
+  // staging device tensors through host memory.
   template <class F>
-  void run(torch::Tensor& t, const char* what, int rank, F&& op) {
-    torch::Tensor host = t.device().is_cpu() ? t : t.to(torch::kCPU);
-    std::vector<torch::Tensor> v{host};
+  std::shared_ptr<Work> start(const torch::Tensor& t, const char* what, int rank, F&& op) {
+    auto w = std::make_shared<Work>();
+    w->target = t;
+    w->host = t.device().is_cpu() ? t : t.to(torch::kCPU);
+    w->what = what;
+    std::vector<torch::Tensor> v{w->host};
     try {
-      op(v)->wait(timeout);
+      w->work = op(v);
     } catch (const std::exception& e) {
-      throw std::runtime_error("rank " + std::to_string(rank) + ": " + what +
-                               " failed (a peer rank exited, crashed or did not answer within " +
-                               std::to_string(timeout.count()) + " s): " + first_line(e.what()));
+      fail(*w, rank, e);
     }
-    if (!t.device().is_cpu()) t.copy_(host);
+    return w;
+  }
+  // Waits for it and turns transport failures into one clear error.
+  void finish(Work& w, int rank) {
+    try {
+      w.work->wait(timeout);
+    } catch (const std::exception& e) {
+      fail(w, rank, e);
+    }
+    if (!w.target.device().is_cpu()) w.target.copy_(w.host);
+  }
+  [[noreturn]] void fail(const Work& w, int rank, const std::exception& e) {
+    throw std::runtime_error("rank " + std::to_string(rank) + ": " + w.what +
+                             " failed (a peer rank exited, crashed or did not answer within " +
+                             std::to_string(timeout.count()) + " s): " + first_line(e.what()));
   }
 };
 
@@ -89,23 +112,31 @@ Dist::Dist(const DistEnv& env, std::chrono::seconds timeout) : env_(env) {
 
 Dist::~Dist() = default;
 
-void Dist::all_reduce_sum(torch::Tensor& t) {
-  if (!impl_) return;
-  impl_->run(t, "all-reduce", env_.rank, [&](std::vector<torch::Tensor>& v) { return impl_->pg->allreduce(v); });
+std::shared_ptr<Dist::Work> Dist::all_reduce_sum_async(const torch::Tensor& t) {
+  if (!impl_) return nullptr;
+  return impl_->start(t, "all-reduce", env_.rank, [&](std::vector<torch::Tensor>& v) { return impl_->pg->allreduce(v); });
 }
 
-void Dist::reduce_sum(torch::Tensor& t, int root) {
-  if (!impl_) return;
+std::shared_ptr<Dist::Work> Dist::reduce_sum_async(const torch::Tensor& t, int root) {
+  if (!impl_) return nullptr;
   c10d::ReduceOptions o;
   o.rootRank = root;
-  impl_->run(t, "reduce", env_.rank, [&](std::vector<torch::Tensor>& v) { return impl_->pg->reduce(v, o); });
+  return impl_->start(t, "reduce", env_.rank, [&](std::vector<torch::Tensor>& v) { return impl_->pg->reduce(v, o); });
 }
+
+void Dist::wait(const std::shared_ptr<Work>& w) {
+  if (w) impl_->finish(*w, env_.rank);
+}
+
+void Dist::all_reduce_sum(torch::Tensor& t) { wait(all_reduce_sum_async(t)); }
+
+void Dist::reduce_sum(torch::Tensor& t, int root) { wait(reduce_sum_async(t, root)); }
 
 void Dist::broadcast(torch::Tensor& t, int root) {
   if (!impl_) return;
   c10d::BroadcastOptions o;
   o.rootRank = root;
-  impl_->run(t, "broadcast", env_.rank, [&](std::vector<torch::Tensor>& v) { return impl_->pg->broadcast(v, o); });
+  wait(impl_->start(t, "broadcast", env_.rank, [&](std::vector<torch::Tensor>& v) { return impl_->pg->broadcast(v, o); }));
 }
 
 void Dist::barrier() {

@@ -3,12 +3,15 @@
 #include <cmath>
 #include <stdexcept>
 
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
+
 namespace sl {
 
 using torch::Tensor;
 
 namespace {
-constexpr int64_t kBucketElems = 16 << 20;  // 64 MiB of fp32 per collective
+constexpr int64_t kBucketElems = 16 << 20;  // 64 MiB of fp32 per broadcast
 
 // AdamW's per-parameter state is keyed by the tensor's TensorImpl address in libtorch.
 std::string state_key(const Tensor& t) { return c10::guts::to_string(t.unsafeGetTensorImpl()); }
@@ -28,10 +31,23 @@ std::vector<std::vector<size_t>> buckets(const Slots& slots, const std::vector<s
   }
   return out;
 }
+
+bool in_decoder_layer(const std::string& name) { return name.rfind("model.layers.", 0) == 0; }
+
+// Runs after autograd has accumulated a parameter's gradient.
+struct ReadyHook : torch::autograd::FunctionPostHook {
+  ReadyHook(std::function<void()> f) : f(std::move(f)) {}
+  torch::autograd::variable_list operator()(const torch::autograd::variable_list& outputs,
+                                            const torch::autograd::variable_list&) override {
+    f();
+    return outputs;
+  }
+  std::function<void()> f;
+};
 }  // namespace
 
 DistAdamW::DistAdamW(std::vector<std::pair<std::string, Tensor>> params, const AdamWConfig& cfg, Dist& dist,
-                     bool shard)
+                     bool shard, double bucket_mb)
     : dist_(dist), shard_(shard && dist.world() > 1) {
   // Owners: largest tensors first, each to the rank holding the fewest elements so far.
   std::vector<size_t> order(params.size());
@@ -60,6 +76,68 @@ DistAdamW::DistAdamW(std::vector<std::pair<std::string, Tensor>> params, const A
   groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(opts));
   groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(opts).weight_decay(0.0)));
   opt_ = std::make_unique<torch::optim::AdamW>(std::move(groups), opts);
+  if (dist.world() == 1) return;
+
+  // Reduction plan: decoder layers from the last (their gradients complete first in the backward
+  // pass), then the rest (head, norms, embeddings: complete only at the end, or used by several
+  // exits), cut where the owner changes or the bucket is full.
+  std::vector<size_t> plan;
+  for (bool layers : {true, false})
+    for (size_t i = slots_.size(); i-- > 0;)
+      if (in_decoder_layer(slots_[i].name) == layers) plan.push_back(i);
+  const int64_t cap = std::max<int64_t>(1, (int64_t)(bucket_mb * (1 << 20) / 4));
+  bucket_of_.resize(slots_.size());
+  slot_ready_.assign(slots_.size(), false);
+  int64_t n = 0;
+  for (size_t i : plan) {
+    const Slot& s = slots_[i];
+    if (buckets_.empty() || buckets_.back().root != s.owner || n + s.param.numel() > cap) {
+      buckets_.emplace_back();
+      buckets_.back().root = s.owner;
+      n = 0;
+    }
+    buckets_.back().slots.push_back(i);
+    bucket_of_[i] = buckets_.size() - 1;
+    n += s.param.numel();
+  }
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    if (!in_decoder_layer(slots_[i].name)) continue;
+    auto acc = torch::autograd::impl::grad_accumulator(slots_[i].param);
+    acc->add_post_hook(std::make_unique<ReadyHook>([this, i] { slot_ready(i); }));
+    hooked_.push_back(std::move(acc));
+  }
+}
+
+void DistAdamW::overlap_next_backward() {
+  std::lock_guard<std::mutex> lock(mu_);
+  armed_ = !buckets_.empty();
+  early_ = 0;
+}
+
+void DistAdamW::slot_ready(size_t i) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!armed_ || slot_ready_[i]) return;
+  slot_ready_[i] = true;
+  ++buckets_[bucket_of_[i]].ready;
+  const size_t before = launched_;
+  launch_ready();
+  early_ += (int64_t)(launched_ - before);
+}
+
+void DistAdamW::launch_ready() {
+  while (launched_ < buckets_.size() && buckets_[launched_].ready == buckets_[launched_].slots.size())
+    launch(buckets_[launched_++]);
+}
+
+void DistAdamW::launch(Bucket& b) {
+  std::vector<Tensor> parts;  // a rank that saw no data for a parameter contributes zeros
+  for (size_t i : b.slots) {
+    const Tensor& g = slots_[i].param.grad();
+    parts.push_back(g.defined() ? g.reshape(-1).to(torch::kFloat32)
+                                : torch::zeros({slots_[i].param.numel()}, slots_[i].param.options().dtype(torch::kFloat32)));
+  }
+  b.flat = torch::cat(parts);
+  b.work = b.root < 0 ? dist_.all_reduce_sum_async(b.flat) : dist_.reduce_sum_async(b.flat, b.root);
 }
 
 int64_t DistAdamW::owned_numel() const {
@@ -78,30 +156,27 @@ void DistAdamW::reduce_gradients() {
       if (!s.master.is_same(s.param) && s.param.grad().defined()) s.master.mutable_grad() = s.param.grad().to(torch::kFloat32);
     return;
   }
-  const int ranks = shard_ ? dist_.world() : 1;
-  for (int r = 0; r < ranks; ++r) {
-    std::vector<size_t> idx;
-    for (size_t i = 0; i < slots_.size(); ++i)
-      if (!shard_ || slots_[i].owner == r) idx.push_back(i);
-    for (const auto& bucket : buckets(slots_, idx)) {
-      std::vector<Tensor> parts;  // a rank that saw no data for a parameter contributes zeros
-      for (size_t i : bucket) {
-        const Tensor& g = slots_[i].param.grad();
-        parts.push_back(g.defined() ? g.reshape(-1).to(torch::kFloat32)
-                                    : torch::zeros({slots_[i].param.numel()}, slots_[i].param.options().dtype(torch::kFloat32)));
-      }
-      Tensor flat = torch::cat(parts);
-      if (shard_) dist_.reduce_sum(flat, r);
-      else dist_.all_reduce_sum(flat);
-      int64_t off = 0;
-      for (size_t i : bucket) {
-        Slot& s = slots_[i];
-        if (owns(s)) set_master_grad(s, flat.narrow(0, off, s.param.numel()).view(s.param.sizes()));
-        else s.param.mutable_grad() = Tensor();  // ZeRO-2: gradients of others' parameters are dropped
-        off += s.param.numel();
-      }
-    }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    armed_ = false;
+    for (Bucket& b : buckets_) b.ready = b.slots.size();  // every gradient is final now
+    launch_ready();
   }
+  for (Bucket& b : buckets_) {
+    dist_.wait(b.work);
+    int64_t off = 0;
+    for (size_t i : b.slots) {
+      Slot& s = slots_[i];
+      if (owns(s)) set_master_grad(s, b.flat.narrow(0, off, s.param.numel()).view(s.param.sizes()));
+      else s.param.mutable_grad() = Tensor();  // ZeRO-2: gradients of others' parameters are dropped
+      off += s.param.numel();
+    }
+    b.flat = Tensor();
+    b.work = nullptr;
+    b.ready = 0;
+  }
+  launched_ = 0;
+  slot_ready_.assign(slots_.size(), false);
 }
 
 void DistAdamW::broadcast_parameters() {

@@ -316,7 +316,7 @@ FinetuneResult finetune(const nlohmann::json& config, const std::string& resume,
   // rather than fresh page-faulted mappings, and SoFT's peak memory stays close to SFT's.
   const int64_t loss_chunk = o.loss_chunk > 0 ? o.loss_chunk : std::max<int64_t>(32, (8 << 20) / (4 * model->config().vocab_size));
   AdamWConfig adam{o.beta1, o.beta2, o.adam_eps, o.weight_decay};  // decay on matrices only, as HF does for LLaMA
-  DistAdamW opt(trainable, adam, dist, o.zero_stage == 2);
+  DistAdamW opt(trainable, adam, dist, o.zero_stage == 2, o.bucket_mb);
 
   int64_t step = 0;
   if (!resume_dir.empty()) {
@@ -380,6 +380,7 @@ FinetuneResult finetune(const nlohmann::json& config, const std::string& resume,
   const int64_t start_step = step;
   std::vector<std::vector<size_t>> batches;
   int64_t batches_epoch = -1;
+  bool told_buckets = false;  // the reduction plan is logged after the first step
   while (step < total) {
     if (hooks.stop_after > 0 && step - start_step >= hooks.stop_after) {
       result.steps = step;
@@ -424,14 +425,21 @@ FinetuneResult finetune(const nlohmann::json& config, const std::string& resume,
       if (!group.empty()) micro.push_back(collate(group, device));
     }
     std::map<int, double> exit_nll;
-    for (const Batch& b : micro)
-      for (auto& [e, v] : multi_exit_backward(model, b, step_exits, step_weights, wsum * std::max<int64_t>(1, targets),
+    for (size_t m = 0; m < micro.size(); ++m) {
+      if (m + 1 == micro.size()) opt.overlap_next_backward();  // reduce layers' gradients as they complete
+      for (auto& [e, v] : multi_exit_backward(model, micro[m], step_exits, step_weights, wsum * std::max<int64_t>(1, targets),
                                               loss_chunk, o.checkpoint_activations))
         exit_nll[e] += v;
+    }
     const double lr = lr_at(step, total, warmup, o.lr, o.min_lr_ratio);
     const double grad_norm = opt.step(lr, o.clip);
     opt.zero_grad();
     ++step;
+    if (lead && dist.world() > 1 && !told_buckets) {
+      spdlog::info("gradient reduction: {} buckets of at most {} MiB, {} started during the backward pass",
+                   opt.bucket_count(), o.bucket_mb, opt.early_buckets());
+      told_buckets = true;
+    }
 
     Tensor nll = torch::zeros({(int64_t)step_exits.size()}, torch::kFloat64);  // summed over ranks
     for (size_t i = 0; i < step_exits.size(); ++i) nll[(int64_t)i] = exit_nll[step_exits[i]];

@@ -47,7 +47,7 @@ nlohmann::json default_train_config() {
       "checkpoint_activations": false,
       "precision": "fp32"
     },
-    "dist": {"zero_stage": 0, "timeout_s": 600},
+    "dist": {"zero_stage": 0, "timeout_s": 600, "bucket_mb": 25.0},
     "log": {"every": 10, "eval_every": 0},
     "save": {"every": 0, "keep_last": 2}
   })");
@@ -249,6 +249,7 @@ TrainOptions parse_train_options(const nlohmann::json& c) {
     throw std::runtime_error("config key \"dist.zero_stage\": " + std::to_string(o.zero_stage) +
                              " is not supported (0: replicated optimizer, 2: sharded optimizer state and gradients)");
   o.dist_timeout_s = positive<int64_t>(c, ptr("/dist/timeout_s"), "dist.timeout_s");
+  o.bucket_mb = positive<double>(c, ptr("/dist/bucket_mb"), "dist.bucket_mb");
 
   o.log_every = positive<int64_t>(c, ptr("/log/every"), "log.every");
   o.eval_every = non_negative<int64_t>(c, ptr("/log/eval_every"), "log.eval_every");

@@ -30,6 +30,12 @@ class Dist {
   // In place. Gloo reduces float32/float64/int64 tensors (not bf16): callers reduce fp32 buffers.
   void all_reduce_sum(torch::Tensor& t);
   void reduce_sum(torch::Tensor& t, int root);  // the sum arrives on `root` only
+  // The same, started and left running: wait() completes one (and fails as the blocking forms do).
+  // Every rank must start its collectives in the same order.
+  class Work;
+  std::shared_ptr<Work> all_reduce_sum_async(const torch::Tensor& t);
+  std::shared_ptr<Work> reduce_sum_async(const torch::Tensor& t, int root);
+  void wait(const std::shared_ptr<Work>& w);
   void broadcast(torch::Tensor& t, int root);
   void barrier();
 

@@ -1,7 +1,11 @@
 // AdamW across data-parallel ranks, with fp32 master weights and optionally ZeRO stage 2.
 //
-// Every rank back-propagates its share of the batch into the parameters' .grad. step() then
-//   1. sums the gradients over ranks: all-reduce (every rank updates every parameter), or, when
+// Every rank back-propagates its share of the batch into the parameters' .grad. Gradients are
+// summed over ranks in buckets (decoder layers last to first, then the rest); during the step's last
+// backward pass a bucket of decoder-layer gradients starts its collective as soon as they are all
+// final (hooks on their gradient accumulators), so communication overlaps the rest of the backward
+// pass. step() then
+//   1. completes the sums: all-reduce (every rank updates every parameter), or, when
 //      sharded, reduce each parameter's gradient onto the one rank that owns it (the parameters
 //      are partitioned whole, balanced by size: Gloo has no reduce-scatter, so this is the
 //      reduce-scatter of a parameter partition);
@@ -12,11 +16,14 @@
 // Per-rank memory, Ψ parameters, N ranks, bf16 model: 2Ψ weights + 2Ψ gradients + 12Ψ/N for fp32
 // master weights and the two moments (fp32 model: 4Ψ + 4Ψ + 8Ψ/N).
 #pragma once
+#include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
+#include <torch/csrc/autograd/function.h>
 #include <torch/torch.h>
 
 #include "sortedllama/distributed.h"
@@ -36,8 +43,15 @@ struct OptimizerState {
 
 class DistAdamW {
  public:
-  // `params` must list the same tensors in the same order on every rank.
-  DistAdamW(std::vector<std::pair<std::string, torch::Tensor>> params, const AdamWConfig& cfg, Dist& dist, bool shard);
+  // `params` must list the same tensors in the same order on every rank. A bucket holds at most
+  // `bucket_mb` MiB of fp32 gradients (at least one tensor).
+  DistAdamW(std::vector<std::pair<std::string, torch::Tensor>> params, const AdamWConfig& cfg, Dist& dist, bool shard,
+            double bucket_mb = 64);
+
+  // The next backward pass completes this step's gradients: reduce decoder layers' as they finish.
+  void overlap_next_backward();
+  int64_t bucket_count() const { return (int64_t)buckets_.size(); }
+  int64_t early_buckets() const { return early_; }  // of them, started during the last step's backward
 
   // Returns the global gradient norm before clipping (clip <= 0: no clipping).
   double step(double lr, double clip);
@@ -59,7 +73,17 @@ class DistAdamW {
     torch::Tensor master;  // fp32 copy updated by AdamW (== param when param is fp32); undefined if not owned
     int owner = -1;        // owning rank; -1 = every rank (not sharded)
   };
+  struct Bucket {
+    std::vector<size_t> slots;
+    int root = -1;  // reduce onto this rank (ZeRO-2), or -1: all-reduce
+    size_t ready = 0;
+    torch::Tensor flat;  // the gradients in flight, fp32
+    std::shared_ptr<Dist::Work> work;
+  };
   bool owns(const Slot& s) const { return s.owner < 0 || s.owner == dist_.rank(); }
+  void slot_ready(size_t i);  // a hooked gradient is final
+  void launch_ready();        // starts, in order, the buckets whose gradients are all final
+  void launch(Bucket& b);
   void reduce_gradients();
   void broadcast_parameters();
 
@@ -67,6 +91,14 @@ class DistAdamW {
   Dist& dist_;
   bool shard_;
   std::unique_ptr<torch::optim::AdamW> opt_;
+  std::vector<Bucket> buckets_;  // in launch order, the same on every rank
+  std::vector<size_t> bucket_of_;
+  std::vector<bool> slot_ready_;
+  size_t launched_ = 0;  // buckets [0, launched_) are in flight
+  bool armed_ = false;
+  int64_t early_ = 0;
+  std::vector<std::shared_ptr<torch::autograd::Node>> hooked_;  // keeps the hooked accumulators alive
+  std::mutex mu_;  // hooks may run on autograd's device threads
 };
 
 }  // namespace sl

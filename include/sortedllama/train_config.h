@@ -47,6 +47,7 @@ struct TrainOptions {
 
   int64_t zero_stage = 0;      // 0: every rank holds the whole optimizer; 2: state and gradients sharded
   int64_t dist_timeout_s = 0;  // a collective waiting longer than this fails (dead or hung rank)
+  double bucket_mb = 0;        // gradients per collective, MiB of fp32
 
   int64_t log_every = 0, eval_every = 0, save_every = 0, keep_last = 0;
 };

@@ -1,6 +1,7 @@
 # Data parallel through c10d (Gloo on loopback): 2 ranks x half a batch == 1 rank x the whole batch
-# (losses and final weights, SFT and SoFT, replicated and ZeRO-2 optimizer); resume across rank
-# counts; a dead rank makes the others and the launcher exit non-zero instead of hanging.
+# (losses and final weights, SFT and SoFT, replicated and ZeRO-2 optimizer, reduction overlapped with
+# the backward pass); resume across rank counts; a dead rank makes the others and the launcher exit
+# non-zero instead of hanging.
 source "$(dirname "$0")/../cli_lib.sh"
 head -n 96 "$SHARED/data/triviaqa/triviaqa_unfiltered_test_1000.jsonl" >"$WORK/tqa.jsonl"
 cat >"$WORK/cfg.json" <<JSON
@@ -48,6 +49,16 @@ for method in sft soft; do
   same "$WORK/$method-1" "$WORK/$method-2z" 1 || fail "$method: ZeRO-2 differs from 1 rank"
 done
 grep -q "sharded (ZeRO-2)" "$WORK/err2" || fail "launch log does not name the sharded optimizer"
+# Buckets of one tensor each: most collectives start during the backward pass, in the same order on
+# both ranks, and the result is unchanged (also with ZeRO-2 and activation checkpointing).
+for extra in "" "--set dist.zero_stage=2 --set train.checkpoint_activations=true"; do
+  # shellcheck disable=SC2086
+  ft2 --set method=soft --set out_dir="$WORK/overlap" --set dist.bucket_mb=0.001 $extra
+  same "$WORK/soft-1" "$WORK/overlap" 1 || fail "overlapped reduction ($extra) differs from 1 rank"
+  grep -qE "gradient reduction: [0-9]+ buckets of at most 0.001 MiB, [1-9][0-9]* started during the backward pass" \
+    "$WORK/err2" || { cat "$WORK/err2" >&2; fail "no bucket was reduced during the backward pass"; }
+  rm -rf "$WORK/overlap"
+done
 # the checkpoint written by 2 sharded ranks is an ordinary one: the complete optimizer state
 /usr/bin/python3 - "$WORK/soft-2z/step-000002" <<'PY' || fail "trainer state of the sharded run"
 import json, struct, sys
