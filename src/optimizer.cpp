@@ -16,13 +16,13 @@ constexpr int64_t kBucketElems = 16 << 20;  // 64 MiB of fp32 per broadcast
 // AdamW's per-parameter state is keyed by the tensor's TensorImpl address in libtorch.
 std::string state_key(const Tensor& t) { return c10::guts::to_string(t.unsafeGetTensorImpl()); }
 
-// Consecutive runs of `idx` holding at most kBucketElems elements (at least one slot each).
+// Consecutive runs of `idx` of one owner holding at most `cap` elements (at least one slot each).
 template <class Slots>
-std::vector<std::vector<size_t>> buckets(const Slots& slots, const std::vector<size_t>& idx) {
+std::vector<std::vector<size_t>> buckets(const Slots& slots, const std::vector<size_t>& idx, int64_t cap = kBucketElems) {
   std::vector<std::vector<size_t>> out;
   int64_t n = 0;
   for (size_t i : idx) {
-    if (out.empty() || n + slots[i].param.numel() > kBucketElems) {
+    if (out.empty() || slots[out.back().back()].owner != slots[i].owner || n + slots[i].param.numel() > cap) {
       out.emplace_back();
       n = 0;
     }
@@ -85,20 +85,14 @@ DistAdamW::DistAdamW(std::vector<std::pair<std::string, Tensor>> params, const A
   for (bool layers : {true, false})
     for (size_t i = slots_.size(); i-- > 0;)
       if (in_decoder_layer(slots_[i].name) == layers) plan.push_back(i);
-  const int64_t cap = std::max<int64_t>(1, (int64_t)(bucket_mb * (1 << 20) / 4));
   bucket_of_.resize(slots_.size());
   slot_ready_.assign(slots_.size(), false);
-  int64_t n = 0;
-  for (size_t i : plan) {
-    const Slot& s = slots_[i];
-    if (buckets_.empty() || buckets_.back().root != s.owner || n + s.param.numel() > cap) {
-      buckets_.emplace_back();
-      buckets_.back().root = s.owner;
-      n = 0;
-    }
-    buckets_.back().slots.push_back(i);
-    bucket_of_[i] = buckets_.size() - 1;
-    n += s.param.numel();
+  for (auto& run : buckets(slots_, plan, std::max<int64_t>(1, (int64_t)(bucket_mb * (1 << 20) / 4)))) {
+    for (size_t i : run) bucket_of_[i] = buckets_.size();
+    Bucket b;
+    b.root = slots_[run.front()].owner;
+    b.slots = std::move(run);
+    buckets_.push_back(std::move(b));
   }
   for (size_t i = 0; i < slots_.size(); ++i) {
     if (!in_decoder_layer(slots_[i].name)) continue;

@@ -46,7 +46,7 @@ class DistAdamW {
   // `params` must list the same tensors in the same order on every rank. A bucket holds at most
   // `bucket_mb` MiB of fp32 gradients (at least one tensor).
   DistAdamW(std::vector<std::pair<std::string, torch::Tensor>> params, const AdamWConfig& cfg, Dist& dist, bool shard,
-            double bucket_mb = 64);
+            double bucket_mb = 25);
 
   // The next backward pass completes this step's gradients: reduce decoder layers' as they finish.
   void overlap_next_backward();
