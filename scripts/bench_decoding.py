@@ -65,9 +65,13 @@ def run_mode(args, prompt_file, extra, max_new_tokens=None):
     return [json.loads(line) for line in res.stdout.splitlines() if line.strip()]
 
 
+def total_ms(rows):
+    return sum(r["stats"]["prefill_ms"] + r["stats"]["decode_ms"] for r in rows)
+
+
 def summarise(rows, full):
     new = sum(r["stats"]["new_tokens"] for r in rows)
-    ms = sum(r["stats"]["prefill_ms"] + r["stats"]["decode_ms"] for r in rows)
+    ms = total_ms(rows)
     # Decode only: the tokens after the first, which the prompt's forward pass (prefill) yields.
     later = new - sum(1 for r in rows if r["stats"]["new_tokens"] > 0)
     decode = sum(r["stats"]["decode_ms"] for r in rows)
@@ -151,8 +155,6 @@ def main():
     run_mode(args, prompt_file, [], 8)  # warm-up: page in the weights, spin up threads
     # Every mode --repeat times, round-robin, so that a slow spell of the machine hits all modes
     # alike; each mode keeps its fastest run (greedy outputs are the same every time).
-    def total_ms(rows):
-        return sum(r["stats"]["prefill_ms"] + r["stats"]["decode_ms"] for r in rows)
     best = {}
     for rep in range(args.repeat):
         for i, (kind, label, extra) in enumerate(modes):

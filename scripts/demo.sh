@@ -4,7 +4,8 @@
 #   -> a sentencepiece tokenizer trained on it (spm_train)
 #   -> a tiny LLaMA (8 layers) trained from scratch with SoFT and with SFT on the same budget
 #   -> per-exit exact match and loss for both, and exact match per task (tables + SVG plots)
-#   -> one answer from a shallow exit, and speculative decoding with its speedup.
+#   -> one answer from a shallow exit, and the paper's Table 2 for the SoFT model (static exits,
+#      speculative decoding, early exit: speed against full decoding, agreement with it).
 # Reruns reuse what exists (and start over when the settings below or configs/demo.json change);
 # --fresh starts over. Output: runs/demo/. About 6 minutes on 2 idle CPU cores.
 set -euo pipefail
