@@ -100,6 +100,8 @@ TEST(TrainConfig, ErrorsNameTheKey) {
   const std::string model = "model=" + sl_test::stories_model_dir(), data = "data.train=" + alpaca_slice(0, 64);
   EXPECT_NE(parse({model, data, "train.lr=0"}).find("\"train.lr\" must be positive"), std::string::npos);
   EXPECT_NE(parse({model, data, "train.batch_size=0"}).find("\"train.batch_size\" must be positive"), std::string::npos);
+  EXPECT_NE(parse({model, data, "train.loss_chunk=-1"}).find("\"train.loss_chunk\" must not be negative"), std::string::npos);
+  EXPECT_NE(parse({model, data, "dist.bucket_mb=0"}).find("\"dist.bucket_mb\" must be positive"), std::string::npos);
   EXPECT_NE(parse({model, "data.train=/no/such.json"}).find("\"data.train\": /no/such.json does not exist"), std::string::npos);
   EXPECT_NE(parse({"model=/no/model", data}).find("\"model\": /no/model is not a directory"), std::string::npos);
   EXPECT_NE(parse({data}).find("exactly one of \"model\""), std::string::npos);
