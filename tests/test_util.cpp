@@ -2,11 +2,14 @@
 
 #include <unistd.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
-#include "sortedllama/convert.h"
+#include <ATen/record_function.h>
+
+#include "sortedllama/io/convert.h"
 
 namespace fs = std::filesystem;
 
@@ -59,6 +62,24 @@ void write_file(const std::string& path, const std::string& bytes) {
 
 double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
   return (a.to(torch::kFloat64) - b.to(torch::kFloat64)).abs().max().item<double>();
+}
+
+namespace {
+thread_local const char* counted_op = nullptr;
+thread_local int64_t op_calls = 0;
+}  // namespace
+
+int64_t count_op_calls(const char* op, const std::function<void()>& fn) {
+  counted_op = op;
+  op_calls = 0;
+  auto handle = at::addThreadLocalCallback(
+      at::RecordFunctionCallback([](const at::RecordFunction& f) -> std::unique_ptr<at::ObserverContext> {
+        if (std::strcmp(f.name(), counted_op) == 0) ++op_calls;
+        return nullptr;
+      }).scopes({at::RecordScope::FUNCTION}));
+  fn();
+  at::removeCallback(handle);
+  return op_calls;
 }
 
 }  // namespace sl_test

@@ -53,6 +53,9 @@ r = json.load(open(sys.argv[1]))
 assert r["task"] == "triviaqa" and set(r["exits"]) == {"2", "5"}, r
 assert r["n-samples"]["triviaqa"] == {"original": 1000, "effective": 6}, r["n-samples"]
 assert r["results"]["triviaqa"]["exit"] == "5" and r["config"]["limit"] == 6
+# every option as parsed, defaults included (none hand-copied)
+assert r["config"]["exits"] == "2,5" and r["config"]["batch_size"] == 4 and r["config"]["label"] == "stories run", r["config"]
+assert r["config"]["judge_tokenizer"] == "" and r["config"]["decode"] == "exit" and r["config"]["plot"] is True, r["config"]
 for m in r["exits"].values():
     assert m["n"] == 6 and 0 <= m["exact_match"] <= 1 and 0 <= m["f1"] <= 1, m
 PY
@@ -75,7 +78,7 @@ grep -q ">stories run<" "$WORK/rescored/plot_f1.svg" || fail "the overlaid run's
   --max-new-tokens 8 --out "$WORK/fewshot.json" >/dev/null
 [ -s "$WORK/samples_exit5.jsonl" ] && [ -s "$WORK/fewshot.md" ] || fail "--out FILE.json writes the other files beside it"
 
-# Issue 5's decoders in eval: the full model is the baseline row, outputs agree with it exactly.
+# The speculative and dynamic decoders in eval: the full model is the baseline row, outputs agree with it exactly.
 "$BIN" eval --model "$M" --task triviaqa --data "$TQA" --limit 4 --exits 2 --decode speculative --out "$WORK/spec" \
   >/dev/null
 "$BIN" eval --model "$M" --task triviaqa --data "$TQA" --limit 4 --decode dynamic --thresholds 2:0.5 --out "$WORK/dyn" \

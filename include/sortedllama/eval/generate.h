@@ -1,0 +1,64 @@
+// Generation for eval: every exit of a checkpoint over one prompt set, batched, through one entry
+// point that takes the decode mode (the `--decode` option of `sortedllama eval`).
+#pragma once
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "sortedllama/decode/dynamic.h"
+#include "sortedllama/decode/plain.h"
+
+namespace sl {
+
+// How eval decodes (the `--decode` option of `sortedllama eval`).
+enum class DecodeMode { kExit, kFull, kSpeculative, kDynamic };
+DecodeMode parse_decode_mode(const std::string& name);  // exit | full | speculative | dynamic; throws naming it
+const char* decode_mode_name(DecodeMode m);
+
+struct EvalGenOptions {
+  // exit:        every requested exit decodes with its own sub-model (one prefill of the deepest
+  //              exit serves every exit's prompt and first token);
+  // full:        the full model only;
+  // speculative: self-speculative decoding verified by the full model, one row per draft layer
+  //              (draft_layer, or every requested exit below the last layer);
+  // dynamic:     instance-aware early exit with `thresholds` and `confidence`.
+  // speculative and dynamic also run the full model as their baseline row (Table 2 of the paper).
+  DecodeMode decode = DecodeMode::kExit;
+  int64_t max_new_tokens = 256;
+  int64_t batch_size = 8;
+  int64_t eos_id = 2;
+  int draft_layer = 0, draft_tokens = 0;  // speculative (draft_tokens 0 = adaptive)
+  std::vector<ExitThreshold> thresholds;  // dynamic; empty = the paper's defaults
+  Confidence confidence = Confidence::kMaxProb;
+  // Per-sequence stop test on the new tokens so far (e.g. TriviaQA's "\n", ".", ","); may be empty.
+  std::function<bool(const std::vector<int>& tokens)> stop;
+  // Called after each batch of one row with the number of prompts done (progress bars).
+  std::function<void(int64_t prompts)> on_batch;
+};
+
+// One row of results: a decoder (plain sub-model, speculative, dynamic) and its generations.
+struct DecodeRow {
+  std::string name;  // "5" (plain exit 5), "spec2" (speculative, draft layer 2), "dynamic"
+  DecodeMode mode;   // kExit (plain sub-model), kSpeculative or kDynamic
+  int exit = 0;      // plain: the sub-model; speculative: the draft layer; dynamic: the last layer
+};
+
+struct ExitGenerations : DecodeRow {
+  std::vector<Generation> gens;  // in prompt order
+  GenerateStats stats;           // exit mode: the shared prefill is counted once, under the deepest exit
+  // Decoder statistics: acceptance_rate, mean_layers_per_token, ...; and, when the full model ran
+  // in the same call, speedup (its decode ms/token over this row's) and agree_full (fraction of
+  // sequences identical to its output).
+  std::map<std::string, double> decode;
+};
+
+// The rows a decode mode produces for the requested exit set; throws on a bad mode or option.
+std::vector<DecodeRow> decode_rows(const EvalGenOptions& opt, const std::vector<int>& exits, int n_layers);
+
+// Greedy generations of every decode_rows() row. Batched output equals unbatched output, and a
+// plain row equals generate() with the same exit.
+std::vector<ExitGenerations> eval_generate(Llama& model, const std::vector<std::vector<int>>& prompts,
+                                           const std::vector<int>& exits, const EvalGenOptions& opt);
+
+}  // namespace sl

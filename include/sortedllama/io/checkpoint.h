@@ -1,0 +1,28 @@
+// HF checkpoint directories: config.json + model.safetensors (or shards with an index) +
+// tokenizer.model. Every file is untrusted: errors name the file and the tensor or key.
+#pragma once
+#include <functional>
+#include <string>
+
+#include <torch/torch.h>
+
+#include "sortedllama/model/llama.h"
+
+namespace sl {
+
+// Loads weights memory-mapped, converting F32/F16/BF16 to `dtype` on `device` tensor by tensor.
+Llama load_model(const std::string& dir, torch::Device device = torch::kCPU, torch::Dtype dtype = torch::kFloat32);
+
+// The tokenizer that belongs to a model directory (DIR/tokenizer.model); throws if absent.
+std::string model_tokenizer_path(const std::string& dir);
+
+// Writes config.json and the weights (as `dtype`, sharded past max_shard_bytes, with
+// model.safetensors.index.json) into an existing directory; copies `tokenizer` when non-empty.
+void write_model_files(Llama& model, const std::string& dir, const std::string& tokenizer,
+                       torch::Dtype dtype = torch::kFloat32, int64_t max_shard_bytes = 5'000'000'000LL);
+
+// Convenience: write_dir_atomically + write_model_files.
+void save_model(Llama& model, const std::string& dir, const std::string& tokenizer,
+                torch::Dtype dtype = torch::kFloat32, int64_t max_shard_bytes = 5'000'000'000LL);
+
+}  // namespace sl

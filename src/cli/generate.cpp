@@ -1,0 +1,269 @@
+// sortedllama generate: text from one sub-model (plain decoding), or from the full model with the
+// shallow sub-models' help: self-speculative decoding (--speculative) or early exit (--dynamic).
+#include <fstream>
+#include <iostream>
+
+#include <spdlog/spdlog.h>
+
+#include "cli.h"
+#include "sortedllama/decode/dynamic.h"
+#include "sortedllama/model/exits.h"
+#include "sortedllama/decode/plain.h"
+#include "sortedllama/data/records.h"
+#include "sortedllama/decode/speculative.h"
+
+namespace sl {
+
+namespace {
+struct GenerateArgs {
+  std::string model, tokenizer, prompt, prompt_file;
+  bool prompt_given = false;
+  int exit_layer = 0;
+  int64_t max_new_tokens = 256, batch_size = 8, top_k = 0;
+  double temperature = 0.0, top_p = 1.0;
+  uint64_t seed = 0;
+  bool json = false;
+  bool speculative = false, dynamic = false, compare_baseline = false;
+  int draft_layer = 0, draft_tokens = 0;
+  std::string thresholds, confidence = "max_prob";
+};
+
+// One batch decoded in the chosen mode: outputs, batch-level stats for --json, a stderr summary.
+struct BatchRun {
+  std::vector<Generation> gens;
+  std::vector<std::vector<int>> exits;  // --dynamic: each token's exit layer
+  nlohmann::json stats;
+  double ms_per_token = 0;
+  std::string summary;
+};
+
+nlohmann::json plain_stats(const GenerateStats& st) {
+  return {{"prefill_ms", st.prefill_ms},
+          {"decode_ms", st.decode_ms},
+          {"tokens_per_s", st.decode_ms > 0 ? 1000.0 * st.new_tokens / st.decode_ms : 0.0},
+          {"ms_per_token", st.new_tokens ? (st.prefill_ms + st.decode_ms) / st.new_tokens : 0.0}};
+}
+
+BatchRun run_batch(Llama& model, const std::vector<std::vector<int>>& ids, const GenerateArgs& a,
+                   const GenerateOptions& base) {
+  BatchRun run;
+  if (a.speculative) {
+    SpeculativeOptions o;
+    static_cast<GenerateOptions&>(o) = base;
+    o.draft_layer = a.draft_layer;
+    o.draft_tokens = a.draft_tokens;
+    SpeculativeStats st;
+    run.gens = generate_speculative(model, ids, o, &st);
+    run.ms_per_token = st.ms_per_token();
+    run.stats = {{"mode", "speculative"},
+                 {"draft_layer", a.draft_layer},
+                 {"draft_tokens", a.draft_tokens ? nlohmann::json(a.draft_tokens) : nlohmann::json("adaptive")},
+                 {"drafted", st.drafted},
+                 {"accepted", st.accepted},
+                 {"acceptance_rate", st.acceptance_rate()},
+                 {"rounds", st.rounds},
+                 {"mean_accepted_per_round", st.mean_accepted_per_round()},
+                 {"prefill_ms", st.prefill_ms},
+                 {"decode_ms", st.decode_ms},
+                 {"tokens_per_s", st.tokens_per_s()},
+                 {"ms_per_token", run.ms_per_token}};
+    run.summary = fmt::format("speculative (draft layer {}, verifier {}): drafted {}, accepted {} ({:.1f}%), {} rounds, "
+                              "{:.2f} accepted/round, {:.1f} tokens/s, {:.2f} ms/token",
+                              a.draft_layer, base.exit_layer, st.drafted, st.accepted, 100 * st.acceptance_rate(),
+                              st.rounds, st.mean_accepted_per_round(), st.tokens_per_s(), run.ms_per_token);
+  } else if (a.dynamic) {
+    DynamicOptions o;
+    static_cast<StopRule&>(o) = base;
+    o.sampling = base.sampling;
+    o.seed = base.seed;
+    const int L = (int)model->config().n_layers;
+    o.thresholds = a.thresholds.empty() ? default_thresholds(L) : parse_thresholds(a.thresholds, L);
+    o.confidence = parse_confidence(a.confidence);
+    run.exits.resize(ids.size());
+    o.on_exit = [&](size_t row, int exit, double) { run.exits[row].push_back(exit); };
+    DynamicStats st;
+    run.gens = generate_dynamic(model, ids, o, &st);
+    run.ms_per_token = st.ms_per_token();
+    nlohmann::json hist = nlohmann::json::object();
+    std::string hist_text;
+    for (const auto& [k, n] : st.exit_histogram) {
+      hist[std::to_string(k)] = n;
+      hist_text += fmt::format("{}{}:{}", hist_text.empty() ? "" : " ", k, n);
+    }
+    run.stats = {{"mode", "dynamic"},
+                 {"thresholds", format_thresholds(o.thresholds)},
+                 {"confidence", confidence_name(o.confidence)},
+                 {"exit_histogram", hist},
+                 {"mean_layers_per_token", st.mean_layers_per_token()},
+                 {"prefill_ms", st.prefill_ms},
+                 {"decode_ms", st.decode_ms},
+                 {"tokens_per_s", st.tokens_per_s()},
+                 {"ms_per_token", run.ms_per_token}};
+    run.summary = fmt::format("dynamic ({}, {}): exits {}, {:.2f} layers/token, {:.1f} tokens/s, {:.2f} ms/token",
+                              format_thresholds(o.thresholds), confidence_name(o.confidence), hist_text, st.mean_layers_per_token(),
+                              st.tokens_per_s(), run.ms_per_token);
+  } else {
+    GenerateStats st;
+    run.gens = generate(model, ids, base, &st);
+    run.stats = plain_stats(st);
+    run.stats["mode"] = "plain";
+    run.ms_per_token = run.stats["ms_per_token"];
+    run.summary = fmt::format("exit {}: {} prompt tokens, {} new tokens, {:.1f} tokens/s, {:.2f} ms/token", base.exit_layer,
+                              st.prompt_tokens, st.new_tokens, run.stats["tokens_per_s"].get<double>(), run.ms_per_token);
+  }
+  return run;
+}
+
+// --prompt-file: `.jsonl` files hold {"prompt": ...} objects; any other file one prompt per line.
+std::vector<std::string> read_prompts(const std::string& path) {
+  std::vector<std::string> prompts;
+  if (path.size() >= 6 && path.substr(path.size() - 6) == ".jsonl") {
+    for (const auto& r : read_records(path)) prompts.push_back(string_field(r, "prompt"));
+    return prompts;
+  }
+  std::ifstream f(path);
+  if (!f) throw std::runtime_error("cannot open " + path);
+  for (std::string line; std::getline(f, line);)
+    if (!line.empty()) prompts.push_back(line);
+  return prompts;
+}
+
+void run_generate(GenerateArgs a, const GlobalOptions& g) {
+  if (a.prompt_given == !a.prompt_file.empty())
+    throw std::runtime_error("generate needs exactly one of --prompt and --prompt-file");
+  std::vector<std::string> prompts = a.prompt_given ? std::vector<std::string>{a.prompt} : read_prompts(a.prompt_file);
+  LoadedModel m = load_model_and_tokenizer(a.model, a.tokenizer, g);
+  const auto& cfg = m.model->config();
+  if (a.exit_layer < 0 || a.exit_layer > cfg.n_layers)
+    throw std::runtime_error("--exit-layer " + std::to_string(a.exit_layer) + " is outside the model's 1.." +
+                             std::to_string(cfg.n_layers) + " layers");
+  if (a.dynamic && a.exit_layer > 0)
+    throw std::runtime_error("--dynamic runs the full model: it takes no --exit-layer");
+  GenerateOptions opt;
+  opt.exit_layer = a.exit_layer > 0 ? a.exit_layer : (int)cfg.n_layers;
+  opt.max_new_tokens = a.max_new_tokens;
+  opt.sampling = {a.temperature, a.top_p, a.top_k};
+  opt.seed = a.seed;
+  opt.eos_id = cfg.eos_id;
+  if (a.speculative && a.draft_layer == 0) a.draft_layer = parse_exits("auto", (int)cfg.n_layers).front();
+  if (a.speculative && (a.draft_layer < 1 || a.draft_layer >= opt.exit_layer))
+    throw std::runtime_error("--draft-layer " + std::to_string(a.draft_layer) + " must be in 1.." +
+                             std::to_string(opt.exit_layer - 1) + " (below the verifier's " +
+                             std::to_string(opt.exit_layer) + " layers)");
+  const bool stream = prompts.size() == 1 && !a.json;
+  std::string shown;  // text already printed while streaming
+  GenerateOptions streaming = opt;
+  if (stream)
+    streaming.on_token = [&](size_t, const std::vector<int>& toks) {
+      std::string text = m.tokenizer->decode(toks);
+      // Hold back an incomplete UTF-8 sequence (decoded as U+FFFD) until its bytes arrive.
+      if (text.size() >= 3 && text.compare(text.size() - 3, 3, "\xEF\xBF\xBD") == 0) return false;
+      if (text.compare(0, shown.size(), shown) == 0) {
+        std::cout << text.substr(shown.size()) << std::flush;
+        shown = text;
+      }
+      return false;
+    };
+
+  if (a.compare_baseline && !prompts.empty()) {  // warm-up: the first timed run must not pay for set-up
+    GenerateOptions w = opt;
+    w.max_new_tokens = 2;
+    generate(m.model, {m.tokenizer->encode(prompts[0], true)}, w);
+  }
+  for (size_t start = 0; start < prompts.size(); start += (size_t)a.batch_size) {
+    const size_t end = std::min(prompts.size(), start + (size_t)a.batch_size);
+    std::vector<std::vector<int>> ids;
+    for (size_t i = start; i < end; ++i) ids.push_back(m.tokenizer->encode(prompts[i], /*bos=*/true));
+    const int64_t context = m.model->config().max_seq_len;
+    for (size_t i = 0; i < ids.size(); ++i)
+      if ((int64_t)ids[i].size() + opt.max_new_tokens > context)
+        spdlog::warn("prompt {} has {} tokens; with --max-new-tokens {} it runs past the model's {} positions "
+                     "(max_position_embeddings): quality degrades there", start + i + 1, ids[i].size(),
+                     opt.max_new_tokens, context);
+    BatchRun run = run_batch(m.model, ids, a, streaming);
+    // --compare-baseline: plain decoding of the same sub-model (the full model for --dynamic).
+    std::vector<Generation> base;
+    if (a.compare_baseline) {
+      GenerateStats st;
+      base = generate(m.model, ids, opt, &st);
+      nlohmann::json b = plain_stats(st);
+      const double speedup = run.ms_per_token > 0 ? b["ms_per_token"].get<double>() / run.ms_per_token : 0.0;
+      int same = 0;
+      for (size_t i = 0; i < ids.size(); ++i) same += run.gens[i].tokens == base[i].tokens;
+      run.stats["baseline"] = b;
+      run.stats["speedup"] = speedup;
+      run.stats["identical_to_baseline"] = same;
+      run.summary += fmt::format("; baseline (exit {}) {:.2f} ms/token, speedup {:.2f}x, {}/{} outputs identical",
+                                 opt.exit_layer, b["ms_per_token"].get<double>(), speedup, same, ids.size());
+    }
+    for (size_t i = 0; i < run.gens.size(); ++i) {
+      const Generation& gen = run.gens[i];
+      std::string text = m.tokenizer->decode(gen.tokens);
+      if (a.json) {
+        nlohmann::json st = run.stats;
+        st["prompt_tokens"] = ids[i].size();
+        st["new_tokens"] = gen.tokens.size();
+        st["batch_size"] = run.gens.size();
+        nlohmann::json j = {{"prompt", prompts[start + i]},
+                            {"text", text},
+                            {"tokens", gen.tokens},
+                            {"exit_layer", opt.exit_layer},
+                            {"finish_reason", gen.finish_reason},
+                            {"stats", st}};
+        if (a.dynamic) {
+          std::vector<int> exits = run.exits[i];
+          exits.resize(gen.tokens.size());  // drop the EOS decision
+          j["token_exits"] = exits;
+        }
+        if (a.compare_baseline) j["matches_baseline"] = gen.tokens == base[i].tokens;
+        std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+      } else if (stream) {
+        std::cout << text.substr(std::min(shown.size(), text.size())) << "\n";
+      } else {
+        std::cout << text << "\n";
+      }
+    }
+    std::cout << std::flush;
+    spdlog::info("{} prompts: {}", run.gens.size(), run.summary);
+  }
+}
+}  // namespace
+
+void add_generate_command(CLI::App& app, const GlobalOptions& g) {
+  auto a = std::make_shared<GenerateArgs>();
+  CLI::App* cmd = app.add_subcommand("generate", "generate text with one sub-model of a checkpoint");
+  cmd->add_option("--model", a->model, "HF model directory")->required()->check(CLI::ExistingDirectory);
+  cmd->add_option("--tokenizer", a->tokenizer, "sentencepiece model (default: MODEL/tokenizer.model)");
+  cmd->add_option("--prompt", a->prompt, "prompt text (BOS is prepended; \"\" = BOS alone)");
+  cmd->add_option("--prompt-file", a->prompt_file, "prompts: .jsonl with {\"prompt\": ...}, else one per line")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--exit-layer", a->exit_layer, "run sub-model K = first K layers (default: all)");
+  cmd->add_option("--max-new-tokens", a->max_new_tokens, "at most this many new tokens")->check(CLI::PositiveNumber);
+  cmd->add_option("--temperature", a->temperature, "0 = greedy")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--top-p", a->top_p, "nucleus sampling mass")->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--top-k", a->top_k, "sample among the k most likely tokens (0 = all)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--seed", a->seed, "sampling seed");
+  cmd->add_option("--batch-size", a->batch_size, "prompts decoded together")->check(CLI::PositiveNumber);
+  cmd->add_flag("--json", a->json, "one JSON object per prompt on stdout");
+  auto* spec = cmd->add_flag("--speculative", a->speculative,
+                             "self-speculative decoding: sub-model --draft-layer drafts, the full model (or --exit-layer) verifies");
+  auto* dyn = cmd->add_flag("--dynamic", a->dynamic, "instance-aware early exit: each token leaves at the first confident exit");
+  spec->excludes(dyn);
+  cmd->add_option("--draft-layer", a->draft_layer, "speculative: layers of the drafting sub-model (default: the first auto exit)")->needs(spec);
+  cmd->add_option("--draft-tokens", a->draft_tokens, "speculative: tokens drafted per round (0 = adaptive, from 4)")
+      ->check(CLI::NonNegativeNumber)
+      ->needs(spec);
+  cmd->add_option("--thresholds", a->thresholds,
+                  "dynamic: LAYER:THRESHOLD,... (default: the paper's 12:0.95,...,36:0.7 mapped onto this depth)")
+      ->needs(dyn);
+  cmd->add_option("--confidence", a->confidence, "dynamic: max_prob (top-1) or margin (top-1 minus top-2)")
+      ->check(CLI::IsMember({"max_prob", "margin"}))
+      ->needs(dyn);
+  cmd->add_flag("--compare-baseline", a->compare_baseline, "also run plain decoding and report the speedup");
+  cmd->callback([a, cmd, &g] {
+    a->prompt_given = cmd->count("--prompt") > 0;
+    run_generate(*a, g);
+  });
+}
+
+}  // namespace sl

@@ -1,0 +1,135 @@
+// sortedllama: Sorted Fine-Tuning (SoFT) of LLaMA 2 and its nested sub-models.
+// Subcommands live in src/cli/<name>.cpp; this file holds the global options and error handling.
+#include <malloc.h>
+#include <unistd.h>
+
+#include <iostream>
+
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "cli.h"
+#include "sortedllama/io/checkpoint.h"
+#include "sortedllama/util/runtime.h"
+
+namespace sl {
+
+torch::Device resolve_device(const std::string& name) {
+  if (name == "auto") return torch::cuda::is_available() ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
+  torch::Device d(name);  // throws on a malformed name
+  if (d.is_cuda() && !torch::cuda::is_available())
+    throw std::runtime_error("--device " + name + ": this build or machine has no CUDA");
+  return d;
+}
+
+torch::Dtype compute_dtype(const torch::Device& d) { return d.is_cuda() ? torch::kBFloat16 : torch::kFloat32; }
+
+LoadedModel load_model_and_tokenizer(const std::string& dir, const std::string& tokenizer, const GlobalOptions& g) {
+  LoadedModel m;
+  torch::Device dev = resolve_device(g.device);
+  m.model = load_model(dir, dev, compute_dtype(dev));
+  const std::string tok = tokenizer.empty() ? model_tokenizer_path(dir) : tokenizer;
+  m.tokenizer = std::make_unique<Tokenizer>(tok);
+  if (m.tokenizer->vocab_size() > m.model->config().vocab_size)
+    throw std::runtime_error(tok + " has " + std::to_string(m.tokenizer->vocab_size()) + " pieces but " + dir +
+                             " has only " + std::to_string(m.model->config().vocab_size) +
+                             " embedding rows: tokenizer and weights do not belong together");
+  return m;
+}
+
+nlohmann::ordered_json recorded_options(const CLI::App& cmd) {
+  nlohmann::ordered_json out = nlohmann::ordered_json::object();
+  for (const CLI::Option* opt : cmd.get_options()) {
+    if (opt->get_lnames().empty() || opt->get_lnames()[0] == "help") continue;
+    std::string key = opt->get_lnames()[0];
+    std::replace(key.begin(), key.end(), '-', '_');
+    if (opt->get_type_size() == 0) {  // a flag
+      out[key] = opt->count() > 0;
+      continue;
+    }
+    auto typed = [](const std::string& text) {  // numbers and booleans as such, the rest as text
+      auto j = nlohmann::ordered_json::parse(text, nullptr, /*allow_exceptions=*/false);
+      return j.is_number() || j.is_boolean() ? j : nlohmann::ordered_json(text);
+    };
+    const std::vector<std::string>& given = opt->results();
+    if (opt->get_expected_max() > 1) {
+      out[key] = nlohmann::ordered_json::array();
+      for (const auto& v : given) out[key].push_back(typed(v));
+    } else {
+      out[key] = typed(given.empty() ? opt->get_default_str() : given.back());
+    }
+  }
+  return out;
+}
+
+}  // namespace sl
+
+int main(int argc, char** argv) {
+  // libgomp reads OMP_WAIT_POLICY once, when it loads (before main). Its default spins idle OpenMP
+  // threads, which starves OpenBLAS's own threads: training steps took 2x as long on 2 cores. So,
+  // unless the user chose a policy, restart this same binary once with PASSIVE (through its real
+  // path, so that ps and top still show "sortedllama").
+  if (!getenv("OMP_WAIT_POLICY") && setenv("OMP_WAIT_POLICY", "PASSIVE", 1) == 0) {
+    char self[4096];
+    const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n > 0) {
+      self[n] = '\0';
+      execv(self, argv);  // returns only on failure: then carry on with the default policy
+    }
+  }
+  // glibc malloc, tuned for tensors: blocks up to 32 MiB come from the heap and are reused, and the
+  // heap is not trimmed until 1 GiB of its top is free. glibc's defaults (a threshold that moves, a
+  // 128 KiB trim) hand big blocks back to the kernel and fault them in again on the next step, which
+  // made training 2-3x slower here. The loss chunks (model/objective.h) stay below the threshold.
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  auto logger = spdlog::stderr_color_mt("sortedllama");
+  logger->set_pattern("[%H:%M:%S %^%l%$] %v");
+  spdlog::set_default_logger(logger);
+
+  sl::GlobalOptions g;
+  bool version = false;
+  CLI::App app{"sortedllama: Sorted Fine-Tuning (SoFT) of LLaMA 2 models and their nested sub-models"};
+  app.require_subcommand(0, 1);
+  app.add_flag("--version", version, "print version, BLAS and thread count");
+  app.add_option("--threads", g.threads, "intra-op CPU threads (default: one per core)")->check(CLI::NonNegativeNumber);
+  app.add_option("--device", g.device, "auto | cpu | cuda | cuda:N (auto: cuda when available)");
+  app.add_option("--log-level", g.log_level, "trace | debug | info | warn | error")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
+  app.parse_complete_callback([&] {
+    spdlog::set_level(spdlog::level::from_str(g.log_level));
+    int n = sl::init_threads(g.threads);
+    spdlog::debug("{} threads, BLAS: {}", n, sl::blas_description());
+    if (!sl::blas_is_optimized()) spdlog::warn("slow BLAS in use: {}", sl::blas_description());
+  });
+  sl::add_generate_command(app, g);
+  sl::add_eval_command(app, g);
+  sl::add_convert_command(app, g);
+  sl::add_data_command(app, g);
+  sl::add_finetune_command(app, g);
+  sl::add_launch_command(app, g);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const c10::Error& e) {
+    spdlog::error("{}", e.what_without_backtrace());
+    return 1;
+  } catch (const std::exception& e) {
+    spdlog::error("{}", e.what());
+    return 1;
+  }
+  if (version) {
+    std::cout << sl::version_string() << "\n";
+  } else if (app.get_subcommands().empty()) {
+    std::cerr << app.help() << "\nerror: a subcommand is required\n";
+    return 1;
+  }
+  // Results go to stdout: a write that failed (a full disk, a closed pipe) must not look like success.
+  std::cout.flush();
+  if (!std::cout) {
+    spdlog::error("cannot write to standard output: results were lost");
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,131 @@
+#include "sortedllama/model/config.h"
+
+#include <fstream>
+#include <stdexcept>
+
+namespace sl {
+
+namespace {
+std::runtime_error config_error(const std::string& source, const std::string& msg) {
+  return std::runtime_error(source + ": " + msg);
+}
+
+template <typename T>
+T get_required(const nlohmann::json& j, const char* key, const std::string& source) {
+  if (!j.contains(key)) throw config_error(source, std::string("missing required key \"") + key + "\"");
+  try {
+    return j.at(key).get<T>();
+  } catch (const nlohmann::json::exception&) {
+    throw config_error(source, std::string("key \"") + key + "\" has the wrong type (" +
+                                   j.at(key).type_name() + ")");
+  }
+}
+
+template <typename T>
+T get_optional(const nlohmann::json& j, const char* key, T fallback, const std::string& source) {
+  if (!j.contains(key) || j.at(key).is_null()) return fallback;
+  return get_required<T>(j, key, source);
+}
+}  // namespace
+
+ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& source) {
+  if (!j.is_object()) throw config_error(source, "expected a JSON object");
+  if (j.contains("model_type") && j["model_type"] != "llama")
+    throw config_error(source, "model_type is " + j["model_type"].dump() + ", only \"llama\" is supported");
+  ModelConfig c;
+  c.dim = get_required<int64_t>(j, "hidden_size", source);
+  c.hidden_dim = get_required<int64_t>(j, "intermediate_size", source);
+  c.n_layers = get_required<int64_t>(j, "num_hidden_layers", source);
+  c.n_heads = get_required<int64_t>(j, "num_attention_heads", source);
+  c.n_kv_heads = get_optional<int64_t>(j, "num_key_value_heads", c.n_heads, source);
+  c.vocab_size = get_required<int64_t>(j, "vocab_size", source);
+  c.max_seq_len = get_optional<int64_t>(j, "max_position_embeddings", 4096, source);
+  c.norm_eps = get_optional<double>(j, "rms_norm_eps", 1e-6, source);
+  c.rope_theta = get_optional<double>(j, "rope_theta", 10000.0, source);
+  c.tie_embeddings = get_optional<bool>(j, "tie_word_embeddings", false, source);
+  c.bos_id = get_optional<int64_t>(j, "bos_token_id", 1, source);
+  c.eos_id = get_optional<int64_t>(j, "eos_token_id", 2, source);
+  c.torch_dtype = get_optional<std::string>(j, "torch_dtype", "float32", source);
+  if (j.contains("rope_scaling") && !j["rope_scaling"].is_null())
+    throw config_error(source, "rope_scaling is not supported (LLaMA 2 uses none)");
+  if (j.contains("sortedllama") && j["sortedllama"].contains("ict_exits"))
+    c.ict_exits = get_required<std::vector<int>>(j["sortedllama"], "ict_exits", source + " (sortedllama)");
+  c.validate(source);
+  return c;
+}
+
+ModelConfig ModelConfig::from_file(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) throw std::runtime_error("cannot open " + path);
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(f);
+  } catch (const nlohmann::json::parse_error& e) {
+    throw std::runtime_error(path + ": malformed JSON: " + e.what());
+  }
+  return from_json(j, path);
+}
+
+void ModelConfig::validate(const std::string& source) const {
+  auto positive = [&](int64_t v, const char* key) {
+    if (v <= 0) throw config_error(source, std::string("\"") + key + "\" must be positive, got " + std::to_string(v));
+  };
+  positive(dim, "hidden_size");
+  positive(hidden_dim, "intermediate_size");
+  positive(n_layers, "num_hidden_layers");
+  positive(n_heads, "num_attention_heads");
+  positive(n_kv_heads, "num_key_value_heads");
+  positive(vocab_size, "vocab_size");
+  positive(max_seq_len, "max_position_embeddings");
+  if (dim % n_heads != 0)
+    throw config_error(source, "hidden_size " + std::to_string(dim) + " is not divisible by num_attention_heads " +
+                                   std::to_string(n_heads));
+  if (n_heads % n_kv_heads != 0)
+    throw config_error(source, "num_attention_heads " + std::to_string(n_heads) +
+                                   " is not a multiple of num_key_value_heads " + std::to_string(n_kv_heads));
+  if (head_dim() % 2 != 0)
+    throw config_error(source, "head dimension " + std::to_string(head_dim()) + " must be even for rotary embeddings");
+  if (!(norm_eps > 0)) throw config_error(source, "\"rms_norm_eps\" must be positive");
+  if (!(rope_theta > 0)) throw config_error(source, "\"rope_theta\" must be positive");
+  if (eos_id < 0 || eos_id >= vocab_size)
+    throw config_error(source, "\"eos_token_id\" " + std::to_string(eos_id) + " is outside the vocabulary");
+  if (bos_id < 0 || bos_id >= vocab_size)
+    throw config_error(source, "\"bos_token_id\" " + std::to_string(bos_id) + " is outside the vocabulary");
+  static const char* dtypes[] = {"float32", "float16", "bfloat16"};
+  if (std::find(std::begin(dtypes), std::end(dtypes), torch_dtype) == std::end(dtypes))
+    throw config_error(source, "\"torch_dtype\" " + torch_dtype + " is not one of float32, float16, bfloat16");
+  for (int e : ict_exits)
+    if (e < 1 || e >= n_layers)
+      throw config_error(source, "sortedllama.ict_exits holds " + std::to_string(e) +
+                                     ", not an intermediate layer of a " + std::to_string(n_layers) + "-layer model");
+}
+
+nlohmann::json ModelConfig::to_json() const {
+  nlohmann::json j = {
+      {"architectures", {"LlamaForCausalLM"}},
+      {"model_type", "llama"},
+      {"hidden_size", dim},
+      {"intermediate_size", hidden_dim},
+      {"num_hidden_layers", n_layers},
+      {"num_attention_heads", n_heads},
+      {"num_key_value_heads", n_kv_heads},
+      {"vocab_size", vocab_size},
+      {"max_position_embeddings", max_seq_len},
+      {"rms_norm_eps", norm_eps},
+      {"rope_theta", rope_theta},
+      {"rope_scaling", nullptr},
+      {"hidden_act", "silu"},
+      {"attention_bias", false},
+      {"tie_word_embeddings", tie_embeddings},
+      {"bos_token_id", bos_id},
+      {"eos_token_id", eos_id},
+      {"torch_dtype", torch_dtype},
+      {"initializer_range", 0.02},
+  };
+  if (!ict_exits.empty())
+    j["sortedllama"] = {{"ict_exits", ict_exits},
+                        {"note", "SFT+ICT: tensors ict_heads.<exit>.weight are extra output heads for these exits"}};
+  return j;
+}
+
+}  // namespace sl

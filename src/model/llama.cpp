@@ -1,0 +1,229 @@
+#include "sortedllama/model/llama.h"
+
+namespace sl {
+
+using torch::Tensor;
+namespace F = torch::nn::functional;
+
+Tensor RMSNormImpl::forward(const Tensor& x) {
+  Tensor h = x.to(torch::kFloat32);
+  h = h * torch::rsqrt(h.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  return weight * h.to(x.scalar_type());
+}
+
+KVCache::KVCache(const ModelConfig& cfg, int64_t batch, int64_t cap, torch::TensorOptions opts)
+    : len(cfg.n_layers, 0), capacity(cap) {
+  for (int64_t i = 0; i < cfg.n_layers; ++i) {
+    k.push_back(torch::zeros({batch, cfg.n_kv_heads, cap, cfg.head_dim()}, opts));
+    v.push_back(torch::zeros({batch, cfg.n_kv_heads, cap, cfg.head_dim()}, opts));
+  }
+}
+
+void KVCache::crop(int64_t n) {
+  for (auto& l : len) l = std::min(l, n);
+}
+
+void KVCache::keep_rows(const Tensor& rows) {
+  for (size_t i = 0; i < k.size(); ++i) {
+    k[i] = k[i].index_select(0, rows);
+    v[i] = v[i].index_select(0, rows);
+  }
+}
+
+namespace {
+// HF's rotate-half convention: pairs are (x[i], x[i + hd/2]).
+Tensor rotate_half(const Tensor& x) {
+  auto halves = x.chunk(2, -1);
+  return torch::cat({-halves[1], halves[0]}, -1);
+}
+Tensor apply_rope(const Tensor& x, const AttnInputs& in) {  // x [B,heads,T,hd]
+  return x * in.cos + rotate_half(x) * in.sin;
+}
+}  // namespace
+
+AttentionImpl::AttentionImpl(const ModelConfig& c)
+    : n_heads(c.n_heads), n_kv_heads(c.n_kv_heads), head_dim(c.head_dim()) {
+  q_proj = register_module("q_proj", Linear(c.dim, c.n_heads * head_dim));
+  k_proj = register_module("k_proj", Linear(c.dim, c.n_kv_heads * head_dim));
+  v_proj = register_module("v_proj", Linear(c.dim, c.n_kv_heads * head_dim));
+  o_proj = register_module("o_proj", Linear(c.n_heads * head_dim, c.dim));
+}
+
+namespace {
+// Writes k, v [B,KV,T,hd] at cache.len[layer] and advances it.
+void store_kv(const Tensor& k, const Tensor& v, KVCache& cache, int layer) {
+  const int64_t start = cache.len[layer], T = k.size(2);
+  TORCH_CHECK(start + T <= cache.capacity, "KV cache full: ", start + T, " > ", cache.capacity, " positions");
+  cache.k[layer].narrow(2, start, T).copy_(k);
+  cache.v[layer].narrow(2, start, T).copy_(v);
+  cache.len[layer] = start + T;
+}
+}  // namespace
+
+void AttentionImpl::append_kv(const Tensor& x, const AttnInputs& in, KVCache& cache, int layer) {
+  const int64_t B = x.size(0), T = x.size(1);
+  Tensor k = k_proj(x).view({B, T, n_kv_heads, head_dim}).transpose(1, 2);  // [B,KV,T,hd]
+  Tensor v = v_proj(x).view({B, T, n_kv_heads, head_dim}).transpose(1, 2);  // [B,KV,T,hd]
+  store_kv(apply_rope(k, in), v, cache, layer);
+}
+
+Tensor AttentionImpl::forward(const Tensor& x, const AttnInputs& in, KVCache* cache, int layer) {
+  const int64_t B = x.size(0), T = x.size(1);
+  Tensor q = q_proj(x).view({B, T, n_heads, head_dim}).transpose(1, 2);     // [B,H,T,hd]
+  Tensor k = k_proj(x).view({B, T, n_kv_heads, head_dim}).transpose(1, 2);  // [B,KV,T,hd]
+  Tensor v = v_proj(x).view({B, T, n_kv_heads, head_dim}).transpose(1, 2);  // [B,KV,T,hd]
+  q = apply_rope(q, in);
+  k = apply_rope(k, in);
+  if (cache) {
+    store_kv(k, v, *cache, layer);
+    k = cache->k[layer].narrow(2, 0, cache->len[layer]);  // [B,KV,S,hd]
+    v = cache->v[layer].narrow(2, 0, cache->len[layer]);
+  }
+  const int64_t S = k.size(2), rep = n_heads / n_kv_heads;
+  if (rep > 1) {  // GQA: KV head j serves query heads j*rep .. j*rep+rep-1
+    k = k.unsqueeze(2).expand({B, n_kv_heads, rep, S, head_dim}).reshape({B, n_heads, S, head_dim});
+    v = v.unsqueeze(2).expand({B, n_kv_heads, rep, S, head_dim}).reshape({B, n_heads, S, head_dim});
+  }
+  Tensor out;  // [B,H,T,hd]
+#if TORCH_VERSION_MAJOR >= 2
+  out = at::scaled_dot_product_attention(q, k, v, in.mask.defined() ? c10::optional<Tensor>(in.mask) : c10::nullopt);
+#else
+  Tensor scores = torch::matmul(q, k.transpose(-2, -1)).to(torch::kFloat32) / std::sqrt((double)head_dim);  // [B,H,T,S]
+  if (in.mask.defined()) scores = scores.masked_fill(in.mask.logical_not(), -std::numeric_limits<float>::infinity());
+  out = torch::matmul(scores.softmax(-1).to(v.scalar_type()), v);
+#endif
+  return o_proj(out.transpose(1, 2).reshape({B, T, n_heads * head_dim}));
+}
+
+MLPImpl::MLPImpl(int64_t dim, int64_t hidden) {
+  gate_proj = register_module("gate_proj", Linear(dim, hidden));
+  up_proj = register_module("up_proj", Linear(dim, hidden));
+  down_proj = register_module("down_proj", Linear(hidden, dim));
+}
+
+DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c) {
+  self_attn = register_module("self_attn", Attention(c));
+  mlp = register_module("mlp", MLP(c.dim, c.hidden_dim));
+  input_layernorm = register_module("input_layernorm", RMSNorm(c.dim, c.norm_eps));
+  post_attention_layernorm = register_module("post_attention_layernorm", RMSNorm(c.dim, c.norm_eps));
+}
+
+Tensor DecoderLayerImpl::forward(const Tensor& x, const AttnInputs& in, KVCache* cache, int layer) {
+  Tensor h = x + self_attn(input_layernorm(x), in, cache, layer);
+  return h + mlp(post_attention_layernorm(h));
+}
+
+void DecoderLayerImpl::append_kv(const Tensor& x, const AttnInputs& in, KVCache& cache, int layer) {
+  self_attn->append_kv(input_layernorm(x), in, cache, layer);
+}
+
+LlamaBodyImpl::LlamaBodyImpl(const ModelConfig& c) {
+  embed_tokens = register_module("embed_tokens", Embedding(c.vocab_size, c.dim));
+  layers = register_module("layers", torch::nn::ModuleList());
+  for (int64_t i = 0; i < c.n_layers; ++i) layers->push_back(DecoderLayer(c));
+  norm = register_module("norm", RMSNorm(c.dim, c.norm_eps));
+}
+
+LlamaImpl::LlamaImpl(const ModelConfig& cfg) : cfg_(cfg) {
+  cfg_.validate("model config");
+  body = register_module("model", LlamaBody(cfg_));
+  if (!cfg_.tie_embeddings) lm_head = register_module("lm_head", Linear(cfg_.dim, cfg_.vocab_size));
+  ict_heads = register_module("ict_heads", std::make_shared<torch::nn::Module>());
+  const int64_t hd = cfg_.head_dim();
+  // Not a buffer: module->to(bf16) must not round the frequencies (positions * inv_freq stay fp32).
+  inv_freq_ = (1.0 / torch::pow(cfg_.rope_theta, torch::arange(0, hd, 2, torch::kFloat64) / (double)hd)).to(torch::kFloat32);
+  if (!cfg_.ict_exits.empty()) add_ict_heads(cfg_.ict_exits);
+}
+
+void LlamaImpl::init_weights(double std, uint64_t seed) {
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(seed);
+  for (auto& p : named_parameters()) {
+    if (p.key().find("norm") != std::string::npos) p.value().fill_(1.0);
+    else p.value().normal_(0.0, std);
+  }
+}
+
+Tensor LlamaImpl::embed(const Tensor& tokens) { return body->embed_tokens(tokens); }
+
+AttnInputs LlamaImpl::attn_inputs(const Tensor& key_mask, int64_t B, int64_t q_start, int64_t T) const {
+  auto dev = device();
+  const int64_t S = q_start + T;
+  Tensor slots = torch::arange(q_start, S, torch::dtype(torch::kInt64).device(dev));  // [T]
+  Tensor pos;                                                                           // [B,T]
+  if (key_mask.defined()) {
+    TORCH_CHECK(key_mask.size(0) == B && key_mask.size(1) == S, "key_mask must be [", B, ",", S, "]");
+    pos = (key_mask.to(torch::kInt64).cumsum(1) - 1).clamp_min(0).narrow(1, q_start, T);
+  } else {
+    pos = slots.unsqueeze(0).expand({B, T});
+  }
+  Tensor freqs = pos.unsqueeze(-1).to(torch::kFloat32) * inv_freq_.to(dev);  // [B,T,hd/2]
+  Tensor emb = torch::cat({freqs, freqs}, -1).unsqueeze(1);            // [B,1,T,hd]
+  AttnInputs in{emb.cos().to(dtype()), emb.sin().to(dtype()), {}};
+  if (T > 1 || key_mask.defined()) {
+    Tensor keys = torch::arange(S, torch::dtype(torch::kInt64).device(dev));
+    Tensor allowed = keys.view({1, 1, S}) <= slots.view({1, T, 1});  // causal [1,T,S]
+    if (key_mask.defined()) {
+      // Padding keys are hidden; a query always sees itself so that padded rows stay finite.
+      Tensor self = keys.view({1, 1, S}) == slots.view({1, T, 1});
+      allowed = allowed.logical_and(key_mask.to(torch::kBool).view({B, 1, S})).logical_or(self);
+    }
+    in.mask = allowed.expand({B, T, S}).unsqueeze(1);  // [B,1,T,S]
+  }
+  return in;
+}
+
+Tensor LlamaImpl::layer(int i, const Tensor& x, const AttnInputs& in, KVCache* cache) {
+  return body->layers->at<DecoderLayerImpl>(i).forward(x, in, cache, i);
+}
+
+void LlamaImpl::layer_kv(int i, const Tensor& x, const AttnInputs& in, KVCache& cache) {
+  body->layers->at<DecoderLayerImpl>(i).append_kv(x, in, cache, i);
+}
+
+Tensor LlamaImpl::head_weight(int exit) {
+  if (has_ict_head(exit))
+    return ict_heads->named_children()[std::to_string(exit)]->named_parameters()["weight"];
+  return cfg_.tie_embeddings ? body->embed_tokens->weight : lm_head->weight;
+}
+
+Tensor LlamaImpl::head(const Tensor& h, int exit) { return F::linear(body->norm(h), head_weight(exit)); }
+
+std::vector<Tensor> LlamaImpl::forward(const Tensor& tokens, const std::vector<int>& exits, const Tensor& key_mask,
+                                       KVCache* cache) {
+  TORCH_CHECK(!exits.empty(), "forward needs at least one exit");
+  const int deepest = *std::max_element(exits.begin(), exits.end());
+  TORCH_CHECK(deepest >= 1 && deepest <= cfg_.n_layers, "exit ", deepest, " outside 1..", cfg_.n_layers);
+  const int64_t B = tokens.size(0), T = tokens.size(1);
+  const int64_t start = cache ? cache->len[0] : 0;
+  AttnInputs in = attn_inputs(key_mask, B, start, T);
+  Tensor x = embed(tokens);
+  std::vector<Tensor> hidden(exits.size());
+  for (int i = 0; i < deepest; ++i) {
+    x = layer(i, x, in, cache);
+    for (size_t e = 0; e < exits.size(); ++e)
+      if (exits[e] == i + 1) hidden[e] = x;
+  }
+  return hidden;
+}
+
+void LlamaImpl::add_ict_heads(const std::vector<int>& exits) {
+  torch::NoGradGuard no_grad;
+  Tensor shared = cfg_.tie_embeddings ? body->embed_tokens->weight : lm_head->weight;
+  for (int e : exits) {
+    if (has_ict_head(e)) continue;
+    auto h = ict_heads->register_module(std::to_string(e), Linear(cfg_.dim, cfg_.vocab_size));
+    h->to(shared.device(), shared.scalar_type());
+    h->weight.copy_(shared);
+    if (std::find(cfg_.ict_exits.begin(), cfg_.ict_exits.end(), e) == cfg_.ict_exits.end()) cfg_.ict_exits.push_back(e);
+  }
+  std::sort(cfg_.ict_exits.begin(), cfg_.ict_exits.end());
+}
+
+bool LlamaImpl::has_ict_head(int exit) const {
+  for (const auto& c : ict_heads->named_children())
+    if (c.key() == std::to_string(exit)) return true;
+  return false;
+}
+
+}  // namespace sl

@@ -1,0 +1,286 @@
+#include "sortedllama/train/optimizer.h"
+
+#include <cmath>
+#include <stdexcept>
+
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
+
+namespace sl {
+
+using torch::Tensor;
+
+namespace {
+constexpr int64_t kBucketElems = 16 << 20;  // 64 MiB of fp32 per broadcast
+
+// AdamW's per-parameter state is keyed by the tensor's TensorImpl address in libtorch.
+std::string state_key(const Tensor& t) { return c10::guts::to_string(t.unsafeGetTensorImpl()); }
+
+// Consecutive runs of `idx` of one owner holding at most `cap` elements (at least one slot each).
+template <class Slots>
+std::vector<std::vector<size_t>> buckets(const Slots& slots, const std::vector<size_t>& idx, int64_t cap = kBucketElems) {
+  std::vector<std::vector<size_t>> out;
+  int64_t n = 0;
+  for (size_t i : idx) {
+    if (out.empty() || slots[out.back().back()].owner != slots[i].owner || n + slots[i].param.numel() > cap) {
+      out.emplace_back();
+      n = 0;
+    }
+    out.back().push_back(i);
+    n += slots[i].param.numel();
+  }
+  return out;
+}
+
+bool in_decoder_layer(const std::string& name) { return name.rfind("model.layers.", 0) == 0; }
+
+// Runs after autograd has accumulated a parameter's gradient.
+struct ReadyHook : torch::autograd::FunctionPostHook {
+  ReadyHook(std::function<void()> f) : f(std::move(f)) {}
+  torch::autograd::variable_list operator()(const torch::autograd::variable_list& outputs,
+                                            const torch::autograd::variable_list&) override {
+    f();
+    return outputs;
+  }
+  std::function<void()> f;
+};
+}  // namespace
+
+DistAdamW::DistAdamW(std::vector<std::pair<std::string, Tensor>> params, const AdamWConfig& cfg, Dist& dist,
+                     bool shard, double bucket_mb)
+    : dist_(dist), shard_(shard && dist.world() > 1) {
+  // Owners: largest tensors first, each to the rank holding the fewest elements so far.
+  std::vector<size_t> order(params.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return params[a].second.numel() > params[b].second.numel(); });
+  std::vector<int64_t> load(dist.world(), 0);
+  slots_.resize(params.size());
+  for (size_t i : order) {
+    Slot& s = slots_[i];
+    s.name = params[i].first;
+    s.param = params[i].second;
+    if (shard_) {
+      s.owner = (int)(std::min_element(load.begin(), load.end()) - load.begin());
+      load[s.owner] += s.param.numel();
+    }
+  }
+  std::vector<Tensor> decay, no_decay;
+  for (Slot& s : slots_) {
+    if (!owns(s)) continue;
+    s.master = s.param.scalar_type() == torch::kFloat32 ? s.param : s.param.detach().to(torch::kFloat32);
+    (s.param.dim() >= 2 ? decay : no_decay).push_back(s.master);
+  }
+  auto opts = torch::optim::AdamWOptions(1e-3).betas({cfg.beta1, cfg.beta2}).eps(cfg.eps).weight_decay(cfg.weight_decay);
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(opts));
+  groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(opts).weight_decay(0.0)));
+  opt_ = std::make_unique<torch::optim::AdamW>(std::move(groups), opts);
+  if (dist.world() == 1) return;
+
+  // Reduction plan: decoder layers from the last (their gradients complete first in the backward
+  // pass), then the rest (head, norms, embeddings: complete only at the end, or used by several
+  // exits), cut where the owner changes or the bucket is full.
+  std::vector<size_t> plan;
+  for (bool layers : {true, false})
+    for (size_t i = slots_.size(); i-- > 0;)
+      if (in_decoder_layer(slots_[i].name) == layers) plan.push_back(i);
+  bucket_of_.resize(slots_.size());
+  slot_ready_.assign(slots_.size(), false);
+  for (auto& run : buckets(slots_, plan, std::max<int64_t>(1, (int64_t)(bucket_mb * (1 << 20) / 4)))) {
+    for (size_t i : run) bucket_of_[i] = buckets_.size();
+    Bucket b;
+    b.root = slots_[run.front()].owner;
+    b.slots = std::move(run);
+    buckets_.push_back(std::move(b));
+  }
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    if (!in_decoder_layer(slots_[i].name)) continue;
+    auto acc = torch::autograd::impl::grad_accumulator(slots_[i].param);
+    acc->add_post_hook(std::make_unique<ReadyHook>([this, i] { slot_ready(i); }));
+    hooked_.push_back(std::move(acc));
+  }
+}
+
+void DistAdamW::overlap_next_backward() {
+  std::lock_guard<std::mutex> lock(mu_);
+  armed_ = !buckets_.empty();
+  early_ = 0;
+}
+
+void DistAdamW::slot_ready(size_t i) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!armed_ || slot_ready_[i]) return;
+  slot_ready_[i] = true;
+  ++buckets_[bucket_of_[i]].ready;
+  const size_t before = launched_;
+  launch_ready();
+  early_ += (int64_t)(launched_ - before);
+}
+
+void DistAdamW::launch_ready() {
+  while (launched_ < buckets_.size() && buckets_[launched_].ready == buckets_[launched_].slots.size())
+    launch(buckets_[launched_++]);
+}
+
+void DistAdamW::launch(Bucket& b) {
+  std::vector<Tensor> parts;  // a rank that saw no data for a parameter contributes zeros
+  for (size_t i : b.slots) {
+    const Tensor& g = slots_[i].param.grad();
+    parts.push_back(g.defined() ? g.reshape(-1).to(torch::kFloat32)
+                                : torch::zeros({slots_[i].param.numel()}, slots_[i].param.options().dtype(torch::kFloat32)));
+  }
+  b.flat = torch::cat(parts);
+  b.work = b.root < 0 ? dist_.all_reduce_sum_async(b.flat) : dist_.reduce_sum_async(b.flat, b.root);
+}
+
+int64_t DistAdamW::owned_numel() const {
+  int64_t n = 0;
+  for (const Slot& s : slots_) n += owns(s) ? s.param.numel() : 0;
+  return n;
+}
+
+void DistAdamW::reduce_gradients() {
+  auto set_master_grad = [](Slot& s, const Tensor& g) {  // g: fp32, shaped like the parameter
+    if (s.master.is_same(s.param)) s.param.mutable_grad() = g;
+    else s.master.mutable_grad() = g;
+  };
+  if (dist_.world() == 1) {
+    for (Slot& s : slots_)
+      if (!s.master.is_same(s.param) && s.param.grad().defined()) s.master.mutable_grad() = s.param.grad().to(torch::kFloat32);
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    armed_ = false;
+    for (Bucket& b : buckets_) b.ready = b.slots.size();  // every gradient is final now
+    launch_ready();
+  }
+  for (Bucket& b : buckets_) {
+    dist_.wait(b.work);
+    int64_t off = 0;
+    for (size_t i : b.slots) {
+      Slot& s = slots_[i];
+      if (owns(s)) set_master_grad(s, b.flat.narrow(0, off, s.param.numel()).view(s.param.sizes()));
+      else s.param.mutable_grad() = Tensor();  // ZeRO-2: gradients of others' parameters are dropped
+      off += s.param.numel();
+    }
+    b.flat = Tensor();
+    b.work = nullptr;
+    b.ready = 0;
+  }
+  launched_ = 0;
+  slot_ready_.assign(slots_.size(), false);
+}
+
+void DistAdamW::broadcast_parameters() {
+  torch::NoGradGuard no_grad;
+  for (int r = 0; r < dist_.world(); ++r) {
+    std::vector<size_t> idx;
+    for (size_t i = 0; i < slots_.size(); ++i)
+      if (slots_[i].owner == r) idx.push_back(i);
+    for (const auto& bucket : buckets(slots_, idx)) {
+      std::vector<Tensor> parts;
+      int64_t n = 0;
+      for (size_t i : bucket) {
+        if (r == dist_.rank()) parts.push_back(slots_[i].master.reshape(-1));
+        n += slots_[i].param.numel();
+      }
+      Tensor flat = r == dist_.rank() ? torch::cat(parts)
+                                      : torch::empty({n}, slots_[bucket[0]].param.options().dtype(torch::kFloat32));
+      dist_.broadcast(flat, r);
+      if (r == dist_.rank()) continue;
+      int64_t off = 0;
+      for (size_t i : bucket) {
+        slots_[i].param.copy_(flat.narrow(0, off, slots_[i].param.numel()).view(slots_[i].param.sizes()));
+        off += slots_[i].param.numel();
+      }
+    }
+  }
+}
+
+double DistAdamW::step(double lr, double clip) {
+  reduce_gradients();
+  std::vector<Tensor> grads;
+  for (Slot& s : slots_)
+    if (owns(s) && s.master.grad().defined()) grads.push_back(s.master.grad());
+  Tensor sq = torch::zeros({1}, torch::kFloat64);
+  for (const Tensor& g : grads) sq += g.pow(2).sum().to(torch::kCPU, torch::kFloat64);
+  if (shard_) dist_.all_reduce_sum(sq);
+  const double norm = std::sqrt(sq.item<double>());
+  if (clip > 0 && clip / (norm + 1e-6) < 1.0)  // torch.nn.utils.clip_grad_norm_'s rule
+    for (Tensor& g : grads) g.mul_(clip / (norm + 1e-6));
+  for (auto& g : opt_->param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
+  opt_->step();
+  {
+    torch::NoGradGuard no_grad;
+    for (Slot& s : slots_)
+      if (owns(s) && !s.master.is_same(s.param)) s.param.copy_(s.master);
+  }
+  if (shard_) broadcast_parameters();
+  return norm;
+}
+
+void DistAdamW::zero_grad() {
+  for (Slot& s : slots_) {
+    s.param.mutable_grad() = Tensor();
+    if (s.master.defined()) s.master.mutable_grad() = Tensor();
+  }
+}
+
+OptimizerState DistAdamW::gather_state() {
+  OptimizerState out;
+  const bool lead = dist_.rank() == 0;
+  for (Slot& s : slots_) {
+    const bool mine = owns(s);
+    torch::optim::AdamWParamState* st = nullptr;
+    if (mine) {
+      auto it = opt_->state().find(state_key(s.master));
+      if (it != opt_->state().end()) st = static_cast<torch::optim::AdamWParamState*>(it->second.get());
+    }
+    // Step count first: a parameter without state (never stepped) is skipped on every rank alike.
+    Tensor steps = torch::tensor({mine && st ? (double)st->step() : 0.0}, torch::kFloat64);
+    if (shard_) dist_.all_reduce_sum(steps);  // only the owner contributes a non-zero count
+    const int64_t n = (int64_t)steps.item<double>();
+    std::vector<std::pair<std::string, Tensor>> parts = {{".exp_avg", mine && st ? st->exp_avg() : Tensor()},
+                                                         {".exp_avg_sq", mine && st ? st->exp_avg_sq() : Tensor()}};
+    if (s.param.scalar_type() != torch::kFloat32) parts.emplace_back(".master", mine ? s.master : Tensor());
+    for (auto& [suffix, t] : parts) {
+      if (n == 0 && suffix != ".master") continue;
+      Tensor c = t.defined() ? t.detach().to(torch::kFloat32).clone()
+                             : torch::zeros(s.param.sizes(), s.param.options().dtype(torch::kFloat32));
+      if (shard_) dist_.reduce_sum(c, 0);
+      if (lead) out.tensors.emplace_back(s.name + suffix, c.to(torch::kCPU).contiguous());
+    }
+    if (lead && n > 0) out.steps[s.name] = n;
+  }
+  return out;
+}
+
+void DistAdamW::load_state(const std::function<Tensor(const std::string&)>& lookup, const nlohmann::json& steps,
+                           const std::string& source) {
+  torch::NoGradGuard no_grad;
+  for (Slot& s : slots_) {
+    if (!owns(s)) continue;
+    auto fetch = [&](const std::string& key) {
+      Tensor t = lookup(key);
+      if (t.defined() && t.sizes() != s.param.sizes())
+        throw std::runtime_error(source + ": tensor " + key + " does not match parameter " + s.name);
+      return t.defined() ? t.to(s.param.device(), torch::kFloat32) : t;
+    };
+    if (!s.master.is_same(s.param)) {
+      Tensor m = fetch(s.name + ".master");
+      if (m.defined()) s.master.copy_(m);  // exact fp32 weights behind a bf16 model
+    }
+    if (!steps.contains(s.name)) continue;
+    auto st = std::make_unique<torch::optim::AdamWParamState>();
+    st->step(steps[s.name].get<int64_t>());
+    Tensor m = fetch(s.name + ".exp_avg"), v = fetch(s.name + ".exp_avg_sq");
+    if (!m.defined() || !v.defined()) throw std::runtime_error(source + ": moments of " + s.name + " are missing");
+    st->exp_avg(m.clone());
+    st->exp_avg_sq(v.clone());
+    opt_->state()[state_key(s.master)] = std::move(st);
+  }
+}
+
+}  // namespace sl

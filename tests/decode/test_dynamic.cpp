@@ -1,0 +1,171 @@
+// Dynamic early exit: thresholds above 1 give the full model, a zero first threshold gives that
+// static exit, and mixed exits match a cache-free recomputation with CALM state copying (so no
+// token ever attends to a missing or stale key/value entry).
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "sortedllama/io/checkpoint.h"
+#include "sortedllama/decode/dynamic.h"
+#include "sortedllama/decode/plain.h"
+#include "sortedllama/io/tokenizer.h"
+#include "test_util.h"
+
+namespace {
+std::vector<std::vector<int>> story_prompts(const sl::Tokenizer& tok) {
+  std::vector<std::vector<int>> p;
+  for (const char* s : {"", "Once upon a time, a cat", "Tom had a red ball", "The sun",
+                        "One day, a little bird flew over the big tree and"})
+    p.push_back(tok.encode(s, true));
+  return p;
+}
+
+sl::GenerateOptions plain(int64_t max_new, int exit = 0) {
+  sl::GenerateOptions o;
+  o.max_new_tokens = max_new;
+  o.exit_layer = exit;
+  return o;
+}
+
+sl::DynamicOptions dyn(int64_t max_new, std::vector<sl::ExitThreshold> t, const std::string& confidence = "max_prob") {
+  sl::DynamicOptions o;
+  o.max_new_tokens = max_new;
+  o.thresholds = t;
+  o.confidence = sl::parse_confidence(confidence);
+  return o;
+}
+
+void expect_same(const std::vector<sl::Generation>& got, const std::vector<sl::Generation>& want, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_EQ(got[i].tokens, want[i].tokens) << what << ", prompt " << i;
+    EXPECT_EQ(got[i].finish_reason, want[i].finish_reason) << what << ", prompt " << i;
+  }
+}
+}  // namespace
+
+TEST(DynamicThresholds, DefaultsMapThePaperOntoTheExitSet) {
+  EXPECT_EQ(sl::format_thresholds(sl::default_thresholds(40)), "12:0.95,16:0.95,20:0.9,24:0.9,28:0.8,32:0.8,36:0.7");
+  EXPECT_EQ(sl::format_thresholds(sl::default_thresholds(5)), "1:0.95,2:0.95,3:0.9,4:0.9");
+  EXPECT_EQ(sl::format_thresholds(sl::parse_thresholds("2:0.5,4:1.5", 5)), "2:0.5,4:1.5");
+  EXPECT_THROW(sl::parse_thresholds("2:0.5,2:0.6", 5), std::runtime_error);
+  EXPECT_THROW(sl::parse_thresholds("7:0.5", 5), std::runtime_error);
+  EXPECT_THROW(sl::parse_thresholds("2=0.5", 5), std::runtime_error);
+  EXPECT_THROW(sl::parse_thresholds("2:x", 5), std::runtime_error);
+}
+
+TEST(DynamicGreedy, ThresholdsAboveOneEqualFullGreedy) {
+  std::string dir = sl_test::stories_model_dir();
+  sl::Llama m = sl::load_model(dir);
+  sl::Tokenizer tok(dir + "/tokenizer.model");
+  auto prompts = story_prompts(tok);
+  auto want = sl::generate(m, prompts, plain(80));
+  for (const char* conf : {"max_prob", "margin"}) {
+    sl::DynamicStats st;
+    expect_same(sl::generate_dynamic(m, prompts, dyn(80, {{1, 1.01}, {2, 1.01}, {3, 1.5}, {4, 2.0}}, conf), &st),
+                want, conf);
+    ASSERT_EQ(st.exit_histogram.size(), 1u);
+    EXPECT_EQ(st.exit_histogram.begin()->first, 5);
+    EXPECT_DOUBLE_EQ(st.mean_layers_per_token(), 5.0);
+  }
+  // Sampling consumes the generator exactly as plain decoding does.
+  auto o = dyn(40, {{2, 3.0}});
+  o.sampling.temperature = 1.0;
+  o.seed = 9;
+  auto p = plain(40);
+  p.sampling.temperature = 1.0;
+  p.seed = 9;
+  expect_same(sl::generate_dynamic(m, prompts, o), sl::generate(m, prompts, p), "sampling");
+}
+
+TEST(DynamicGreedy, ZeroFirstThresholdEqualsStaticExit) {
+  std::string dir = sl_test::stories_model_dir();
+  sl::Llama m = sl::load_model(dir);
+  sl::Tokenizer tok(dir + "/tokenizer.model");
+  auto prompts = story_prompts(tok);
+  for (int k : {1, 3}) {
+    auto want = sl::generate(m, prompts, plain(60, k));
+    sl::DynamicStats st;
+    expect_same(sl::generate_dynamic(m, prompts, dyn(60, {{k, 0.0}, {4, 0.5}}), &st), want, "exit " + std::to_string(k));
+    ASSERT_EQ(st.exit_histogram.size(), 1u);
+    EXPECT_EQ(st.exit_histogram.begin()->first, k);
+    // Batch size 1: after the exit only K/V are appended, no full layer runs.
+    std::vector<sl::Generation> one;
+    const int64_t layer_runs = sl_test::count_op_calls("aten::silu", [&] {  // one SwiGLU per full layer
+      one = sl::generate_dynamic(m, {prompts[1]}, dyn(60, {{k, 0.0}}));
+    });
+    EXPECT_EQ(one[0].tokens, want[1].tokens);
+    const int64_t steps = (int64_t)one[0].tokens.size() - (one[0].finish_reason == "length");
+    EXPECT_EQ(layer_runs, 5 + steps * k) << "prefill runs 5 layers once, then k per token";
+  }
+}
+
+// Reference semantics, recomputed from scratch for every token (no cache): position j's input to
+// layer i is its own layer-i state if it ran that layer, else its exit state (CALM state copying);
+// prompt positions run every layer. The newest position runs all layers and takes the first exit
+// whose confidence reaches the threshold.
+TEST(DynamicCache, MixedExitsMatchStateCopyingRecomputation) {
+  std::string dir = sl_test::stories_model_dir();
+  sl::Llama m = sl::load_model(dir);
+  sl::Tokenizer tok(dir + "/tokenizer.model");
+  auto prompts = story_prompts(tok);
+  // Exit 1 is left out: stories260K's tied head reads layer-1 states as "repeat the input" with
+  // near-certainty. These thresholds spread tokens over exits 2..5.
+  const std::vector<sl::ExitThreshold> thr = {{2, 0.9}, {3, 0.5}, {4, 0.5}};
+  struct Decision {
+    int exit;
+    double confidence;
+  };
+  for (const char* conf : {"max_prob", "margin"}) {
+    auto o = dyn(48, thr, conf);
+    std::vector<std::vector<Decision>> seen(prompts.size());
+    o.on_exit = [&](size_t row, int exit, double c) { seen[row].push_back({exit, c}); };
+    sl::DynamicStats st;
+    auto gens = sl::generate_dynamic(m, prompts, o, &st);
+    EXPECT_GE(st.exit_histogram.size(), 3u) << "too few distinct exits to test state copying";
+
+    torch::NoGradGuard g;
+    const int L = 5;
+    for (size_t b = 0; b < prompts.size(); ++b) {
+      std::vector<int> seq = prompts[b], exit_of(seq.size(), L);  // per position: the exit it decided at
+      const size_t steps = gens[b].tokens.size() + (gens[b].finish_reason == "eos");
+      ASSERT_EQ(seen[b].size(), steps);
+      for (size_t t = 0; t < steps; ++t) {
+        const int64_t S = (int64_t)seq.size();
+        torch::Tensor ids = torch::tensor(std::vector<int64_t>(seq.begin(), seq.end())).unsqueeze(0);
+        torch::Tensor exits = torch::tensor(std::vector<int64_t>(exit_of.begin(), exit_of.end())).view({1, S, 1});
+        sl::AttnInputs in = m->attn_inputs({}, 1, 0, S);
+        torch::Tensor x = m->embed(ids), state = x;  // [1,S,D]
+        int exit = 0, token = -1;
+        double c = 0;
+        for (int i = 0; i < L && exit == 0; ++i) {
+          // Positions that exited at or before layer i feed their exit state to it.
+          torch::Tensor frozen = (exits <= i).logical_and(torch::arange(S).view({1, S, 1}) < S - 1);
+          x = m->layer(i, torch::where(frozen, state, x), in, nullptr);
+          state = torch::where(exits == i + 1, x, state);
+          double thr_i = i + 1 == L ? -1.0 : 2.0;  // the last layer always accepts; 2 = not an exit
+          for (const auto& e : thr)
+            if (e.layer == i + 1) thr_i = e.threshold;
+          torch::Tensor probs = m->head(x[0][S - 1], i + 1).softmax(-1);
+          torch::Tensor top = std::get<0>(probs.topk(2));
+          double ci = std::string(conf) == "margin" ? (top[0] - top[1]).item<double>() : top[0].item<double>();
+          if (ci >= thr_i) {
+            exit = i + 1;
+            c = ci;
+            token = (int)probs.argmax().item<int64_t>();
+          }
+        }
+        EXPECT_EQ(exit, seen[b][t].exit) << conf << " prompt " << b << " token " << t;
+        EXPECT_NEAR(c, seen[b][t].confidence, 1e-4) << conf << " prompt " << b << " token " << t;
+        if (t < gens[b].tokens.size()) {
+          EXPECT_EQ(token, gens[b].tokens[t]) << conf << " prompt " << b << " token " << t;
+        }
+        if (exit != seen[b][t].exit || t >= gens[b].tokens.size()) break;
+        // The position that decided this token exited there (the prompt's last one ran every layer).
+        if (t > 0) exit_of[S - 1] = exit;
+        seq.push_back(token);
+        exit_of.push_back(L);  // the newest position, still running
+      }
+    }
+  }
+}

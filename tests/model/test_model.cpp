@@ -1,0 +1,174 @@
+// The model against an independent plain-PyTorch reference (tests/reference/make_reference.py).
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "sortedllama/io/checkpoint.h"
+#include "sortedllama/eval/lm.h"
+#include "sortedllama/model/objective.h"
+#include "sortedllama/io/safetensors.h"
+#include "test_util.h"
+
+using torch::Tensor;
+
+namespace {
+const double kLogitTol = 1e-4;  // fp32 vs the float64 reference
+
+struct Reference {
+  Tensor tokens, mask;               // [2,10]
+  std::vector<Tensor> logits;        // per exit 1..4, [2,10,96]
+  std::map<std::string, Tensor> grads;
+  nlohmann::json expected;
+};
+
+Tensor load_tensor(const sl::SafetensorsFile& f, const std::string& name) {
+  const auto& v = f.at(name);
+  auto dtype = v.dtype == "I64" ? torch::kInt64 : torch::kFloat32;
+  return torch::from_blob(const_cast<uint8_t*>(v.data), v.shape, dtype).clone();
+}
+
+const Reference& reference() {
+  static Reference r = [] {
+    Reference r;
+    const std::string dir = sl_test::source_dir() + "/tests/data/ref_gqa/";
+    sl::SafetensorsFile f(dir + "expected.safetensors");
+    r.tokens = load_tensor(f, "tokens");
+    r.mask = load_tensor(f, "attention_mask");
+    for (int k = 1; k <= 4; ++k) r.logits.push_back(load_tensor(f, "logits_exit" + std::to_string(k)));
+    for (const char* n : {"model.layers.1.self_attn.q_proj.weight", "model.norm.weight", "lm_head.weight"})
+      r.grads[n] = load_tensor(f, std::string("grad.") + n);
+    std::ifstream j(dir + "expected.json");
+    r.expected = nlohmann::json::parse(j);
+    return r;
+  }();
+  return r;
+}
+
+// labels[b,t] = token t+1 when both t and t+1 are real, else -100.
+Tensor next_token_labels(const Tensor& tokens, const Tensor& mask) {
+  Tensor labels = torch::full_like(tokens, -100);
+  Tensor both = mask.narrow(1, 0, tokens.size(1) - 1) * mask.narrow(1, 1, tokens.size(1) - 1);
+  labels.narrow(1, 0, tokens.size(1) - 1).copy_(torch::where(both.to(torch::kBool), tokens.narrow(1, 1, tokens.size(1) - 1), -100));
+  return labels;
+}
+
+std::string ref_dir() { return sl_test::source_dir() + "/tests/data/ref_gqa"; }
+}  // namespace
+
+TEST(ModelReference, PerExitLogitsMatchAtRealPositions) {
+  const auto& r = reference();
+  sl::Llama m = sl::load_model(ref_dir());
+  torch::NoGradGuard g;
+  auto hidden = m->forward(r.tokens, {1, 2, 3, 4}, r.mask);
+  Tensor real = r.mask.to(torch::kBool);
+  for (int k = 1; k <= 4; ++k) {
+    Tensor logits = m->head(hidden[k - 1], k);
+    EXPECT_LT(sl_test::max_abs_diff(logits.index({real}), r.logits[k - 1].index({real})), kLogitTol) << "exit " << k;
+  }
+}
+
+TEST(ModelReference, ShardedCheckpointGivesTheSameLogits) {
+  const auto& r = reference();
+  sl::Llama m = sl::load_model(sl_test::source_dir() + "/tests/data/ref_gqa_sharded");
+  torch::NoGradGuard g;
+  Tensor logits = m->head(m->forward(r.tokens, {4}, r.mask)[0], 4);
+  Tensor real = r.mask.to(torch::kBool);
+  EXPECT_LT(sl_test::max_abs_diff(logits.index({real}), r.logits[3].index({real})), kLogitTol);
+}
+
+TEST(ModelReference, PerExitNllAndSoftLossGradient) {
+  const auto& r = reference();
+  sl::Llama m = sl::load_model(ref_dir());
+  Tensor labels = next_token_labels(r.tokens, r.mask);
+  const double n = labels.ge(0).sum().item<double>();
+  ASSERT_EQ(n, 15);
+  auto hidden = m->forward(r.tokens, {1, 2, 3, 4}, r.mask);
+  // Each exit back-propagates into a leaf copy of its hidden state, chunk by chunk (2 positions
+  // at a time); one backward through the trunk then takes the four leaf gradients together.
+  double soft = 0;
+  std::vector<Tensor> leaf_grads;
+  for (int k = 1; k <= 4; ++k) {
+    Tensor leaf = hidden[k - 1].detach().requires_grad_(true);
+    const double nll = sl::exit_nll_sum(m, leaf, labels, k, /*chunk=*/2, /*grad_scale=*/1.0 / (4.0 * n)) / n;
+    EXPECT_NEAR(nll, r.expected["nll"][std::to_string(k)].get<double>(), 1e-5) << "exit " << k;
+    soft += nll / 4.0;
+    leaf_grads.push_back(leaf.grad());
+  }
+  EXPECT_NEAR(soft, r.expected["soft_loss"].get<double>(), 1e-5);
+  torch::autograd::backward(hidden, leaf_grads);
+  auto params = m->named_parameters();
+  for (const auto& [name, want] : r.grads) {
+    Tensor got = params[name].grad();
+    ASSERT_TRUE(got.defined()) << name;
+    const double scale = want.abs().max().item<double>();
+    EXPECT_LT(sl_test::max_abs_diff(got, want), 1e-4 * std::max(1.0, scale)) << name;
+  }
+}
+
+TEST(ModelReference, EvalLmMatchesReferenceNllForAnUnpaddedSequence) {
+  const auto& r = reference();
+  sl::Llama m = sl::load_model(ref_dir());
+  std::vector<int> row0;
+  for (int64_t t = 0; t < 10; ++t) row0.push_back((int)r.tokens[0][t].item<int64_t>());
+  auto scores = sl::eval_lm(m, {row0}, {2, 4}, 4);
+  // Row 0 alone: its 9 pairs; check against logits computed from the reference.
+  for (int k : {2, 4}) {
+    Tensor lp = r.logits[k - 1][0].narrow(0, 0, 9).to(torch::kFloat64).log_softmax(-1);
+    Tensor y = r.tokens[0].narrow(0, 1, 9);
+    double want = -lp.gather(1, y.unsqueeze(1)).mean().item<double>();
+    EXPECT_NEAR(scores.at(k).nll, want, 1e-5);
+    EXPECT_EQ(scores.at(k).tokens, 9);
+    EXPECT_NEAR(scores.at(k).ppl, std::exp(want), 1e-3);
+  }
+}
+
+TEST(Model, LastExitEqualsFullModelAndSubModelsRunOnlyTheirLayers) {
+  sl::Llama m = sl::load_model(ref_dir());
+  torch::NoGradGuard g;
+  Tensor tokens = reference().tokens.narrow(0, 0, 1);
+  // One SwiGLU (aten::silu) per decoder layer run.
+  Tensor full, sub;
+  std::vector<Tensor> all;
+  EXPECT_EQ(sl_test::count_op_calls("aten::silu", [&] { full = m->forward(tokens, {4})[0]; }), 4);
+  EXPECT_EQ(sl_test::count_op_calls("aten::silu", [&] { all = m->forward(tokens, {1, 2, 3, 4}); }), 4);
+  EXPECT_TRUE(torch::equal(all[3], full));
+  EXPECT_EQ(sl_test::count_op_calls("aten::silu", [&] { sub = m->forward(tokens, {2})[0]; }), 2);
+  EXPECT_TRUE(torch::equal(sub, all[1]));
+}
+
+TEST(Model, KvCacheDecodingEqualsFullRecomputation) {
+  sl::Llama m = sl::load_model(ref_dir());
+  torch::NoGradGuard g;
+  const auto& r = reference();
+  // Row 1 left-padded by 3 (as generation batches are), row 0 unpadded.
+  Tensor tokens = torch::stack({r.tokens[0], torch::cat({torch::zeros({3}, torch::kInt64), r.tokens[1].narrow(0, 0, 7)})});
+  Tensor mask = torch::stack({torch::ones({10}, torch::kInt64), torch::cat({torch::zeros({3}, torch::kInt64), torch::ones({7}, torch::kInt64)})});
+  for (int exit : {2, 4}) {
+    Tensor full = m->head(m->forward(tokens, {exit}, mask)[0], exit);  // [2,10,V]
+    sl::KVCache cache(m->config(), 2, 10, torch::kFloat32);
+    Tensor step = m->head(m->forward(tokens.narrow(1, 0, 5), {exit}, mask.narrow(1, 0, 5), &cache)[0], exit);
+    std::vector<Tensor> pieces{step};
+    for (int64_t t = 5; t < 10; ++t)
+      pieces.push_back(m->head(m->forward(tokens.narrow(1, t, 1), {exit}, mask.narrow(1, 0, t + 1), &cache)[0], exit));
+    Tensor inc = torch::cat(pieces, 1);
+    Tensor real = mask.to(torch::kBool);
+    EXPECT_LT(sl_test::max_abs_diff(inc.index({real}), full.index({real})), 1e-5) << "exit " << exit;
+  }
+  // The left-padded row gets the same logits as the same tokens unpadded.
+  Tensor alone = m->head(m->forward(r.tokens[1].narrow(0, 0, 7).unsqueeze(0), {4})[0], 4)[0];
+  Tensor padded = m->head(m->forward(tokens, {4}, mask)[0], 4)[1].narrow(0, 3, 7);
+  EXPECT_LT(sl_test::max_abs_diff(alone, padded), 1e-5);
+}
+
+TEST(Model, KvCacheCropRewindsEveryLayer) {
+  sl::Llama m = sl::load_model(ref_dir());
+  torch::NoGradGuard g;
+  Tensor tokens = reference().tokens.narrow(0, 0, 1);
+  sl::KVCache cache(m->config(), 1, 10, torch::kFloat32);
+  m->forward(tokens.narrow(1, 0, 6), {4}, {}, &cache);
+  cache.crop(4);
+  for (auto l : cache.len) EXPECT_EQ(l, 4);
+  Tensor again = m->head(m->forward(tokens.narrow(1, 4, 2), {4}, {}, &cache)[0], 4);
+  Tensor full = m->head(m->forward(tokens.narrow(1, 0, 6), {4})[0], 4).narrow(1, 4, 2);
+  EXPECT_LT(sl_test::max_abs_diff(again, full), 1e-5);
+}
