@@ -7,7 +7,7 @@
 
 namespace sl {
 
-std::vector<int> parse_exits(const std::string& spec, int n_layers) {
+std::vector<int> parse_exits_in_order(const std::string& spec, int n_layers) {
   std::vector<int> exits;
   if (spec == "all" || (spec == "auto" && n_layers < 8)) {
     for (int k = 1; k <= n_layers; ++k) exits.push_back(k);
@@ -36,6 +36,11 @@ std::vector<int> parse_exits(const std::string& spec, int n_layers) {
     }
     if (exits.empty()) throw std::runtime_error("exit set is empty");
   }
+  return exits;
+}
+
+std::vector<int> parse_exits(const std::string& spec, int n_layers) {
+  std::vector<int> exits = parse_exits_in_order(spec, n_layers);
   std::sort(exits.begin(), exits.end());
   exits.erase(std::unique(exits.begin(), exits.end()), exits.end());
   return exits;

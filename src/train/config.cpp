@@ -158,6 +158,10 @@ const std::vector<Key>& keys() {
        "positions whose logits exist at once per exit; 0 = auto (about 8 MiB of fp32 logits: 65 positions for a "
        "32000-token vocabulary)",
        SL_INT(loss_chunk, R::kNonNegative)},
+      {"train.skip_nonfinite", false, "bool",
+       "a step whose loss or gradient norm is NaN/Inf is skipped (no update, logged); false: the run stops there with "
+       "an error, and the newest checkpoint stays the last good one",
+       SL_BOOL(skip_nonfinite)},
       {"train.checkpoint_activations", false, "bool", "recompute each layer in the backward pass (memory for big models)",
        SL_BOOL(checkpoint_activations)},
       {"train.precision", "fp32", "string",

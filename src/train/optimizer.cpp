@@ -35,6 +35,18 @@ std::vector<std::vector<size_t>> buckets(const Slots& slots, const std::vector<s
 bool in_decoder_layer(const std::string& name) { return name.rfind("model.layers.", 0) == 0; }
 
 // Runs after autograd has accumulated a parameter's gradient.
+// Runs before autograd accumulates a bf16 parameter's gradient: makes .grad an fp32 tensor.
+struct Fp32GradHook : torch::autograd::FunctionPreHook {
+  explicit Fp32GradHook(Tensor p) : param(std::move(p)) {}
+  torch::autograd::variable_list operator()(const torch::autograd::variable_list& grads) override {
+    Tensor& g = param.mutable_grad();
+    if (!g.defined()) g = torch::zeros(param.sizes(), param.options().dtype(torch::kFloat32));
+    else if (g.scalar_type() != torch::kFloat32) g = g.to(torch::kFloat32);
+    return grads;
+  }
+  Tensor param;
+};
+
 struct ReadyHook : torch::autograd::FunctionPostHook {
   ReadyHook(std::function<void()> f) : f(std::move(f)) {}
   torch::autograd::variable_list operator()(const torch::autograd::variable_list& outputs,
@@ -76,6 +88,15 @@ DistAdamW::DistAdamW(std::vector<std::pair<std::string, Tensor>> params, const A
   groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(opts));
   groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(opts).weight_decay(0.0)));
   opt_ = std::make_unique<torch::optim::AdamW>(std::move(groups), opts);
+  // Parameters that compute in bf16 collect their gradients in fp32: before autograd accumulates a
+  // backward pass's gradient (each loss chunk of each exit, each micro-batch), the .grad it adds into
+  // becomes an fp32 tensor, so hundreds of contributions are summed without a bf16 rounding each.
+  for (Slot& s : slots_)
+    if (s.param.scalar_type() != torch::kFloat32) {
+      auto acc = torch::autograd::impl::grad_accumulator(s.param);
+      acc->add_pre_hook(std::make_unique<Fp32GradHook>(s.param));
+      hooked_.push_back(std::move(acc));
+    }
   if (dist.world() == 1) return;
 
   // Reduction plan: decoder layers from the last (their gradients complete first in the backward
@@ -125,11 +146,16 @@ void DistAdamW::launch_ready() {
 
 void DistAdamW::launch(Bucket& b) {
   std::vector<Tensor> parts;  // a rank that saw no data for a parameter contributes zeros
+  std::vector<float> reached;
   for (size_t i : b.slots) {
     const Tensor& g = slots_[i].param.grad();
     parts.push_back(g.defined() ? g.reshape(-1).to(torch::kFloat32)
                                 : torch::zeros({slots_[i].param.numel()}, slots_[i].param.options().dtype(torch::kFloat32)));
+    reached.push_back(g.defined() ? 1.0f : 0.0f);
   }
+  // One more element per parameter counts the ranks whose backward reached it: a parameter no rank
+  // reached (above the deepest exit) keeps no gradient, as in one process, so AdamW leaves it alone.
+  parts.push_back(torch::tensor(reached).to(parts.front().device()));
   b.flat = torch::cat(parts);
   b.work = b.root < 0 ? dist_.all_reduce_sum_async(b.flat) : dist_.reduce_sum_async(b.flat, b.root);
 }
@@ -141,13 +167,13 @@ int64_t DistAdamW::owned_numel() const {
 }
 
 void DistAdamW::reduce_gradients() {
-  auto set_master_grad = [](Slot& s, const Tensor& g) {  // g: fp32, shaped like the parameter
+  auto set_master_grad = [](Slot& s, const Tensor& g) {  // g: fp32, shaped like the parameter; undefined: none
     if (s.master.is_same(s.param)) s.param.mutable_grad() = g;
     else s.master.mutable_grad() = g;
   };
   if (dist_.world() == 1) {
-    for (Slot& s : slots_)
-      if (!s.master.is_same(s.param) && s.param.grad().defined()) s.master.mutable_grad() = s.param.grad().to(torch::kFloat32);
+    for (size_t i = 0; i < slots_.size(); ++i)
+      set_master_grad(slots_[i], slots_[i].param.grad().defined() ? slots_[i].param.grad().to(torch::kFloat32) : Tensor());
     return;
   }
   {
@@ -158,10 +184,12 @@ void DistAdamW::reduce_gradients() {
   }
   for (Bucket& b : buckets_) {
     dist_.wait(b.work);
-    int64_t off = 0;
-    for (size_t i : b.slots) {
-      Slot& s = slots_[i];
-      if (owns(s)) set_master_grad(s, b.flat.narrow(0, off, s.param.numel()).view(s.param.sizes()));
+    int64_t off = 0, flag = b.flat.numel() - (int64_t)b.slots.size();
+    const Tensor reached = b.flat.narrow(0, flag, (int64_t)b.slots.size()).to(torch::kCPU);
+    for (size_t k = 0; k < b.slots.size(); ++k) {
+      Slot& s = slots_[b.slots[k]];
+      const bool any = reached[(int64_t)k].item<float>() > 0;
+      if (owns(s)) set_master_grad(s, any ? b.flat.narrow(0, off, s.param.numel()).view(s.param.sizes()) : Tensor());
       else s.param.mutable_grad() = Tensor();  // ZeRO-2: gradients of others' parameters are dropped
       off += s.param.numel();
     }
@@ -200,6 +228,12 @@ void DistAdamW::broadcast_parameters() {
 }
 
 double DistAdamW::step(double lr, double clip) {
+  const double norm = reduce_and_clip(clip);
+  apply(lr);
+  return norm;
+}
+
+double DistAdamW::reduce_and_clip(double clip) {
   reduce_gradients();
   std::vector<Tensor> grads;
   for (Slot& s : slots_)
@@ -210,6 +244,10 @@ double DistAdamW::step(double lr, double clip) {
   const double norm = std::sqrt(sq.item<double>());
   if (clip > 0 && clip / (norm + 1e-6) < 1.0)  // torch.nn.utils.clip_grad_norm_'s rule
     for (Tensor& g : grads) g.mul_(clip / (norm + 1e-6));
+  return norm;
+}
+
+void DistAdamW::apply(double lr) {
   for (auto& g : opt_->param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
   opt_->step();
   {
@@ -218,7 +256,6 @@ double DistAdamW::step(double lr, double clip) {
       if (owns(s) && !s.master.is_same(s.param)) s.param.copy_(s.master);
   }
   if (shard_) broadcast_parameters();
-  return norm;
 }
 
 void DistAdamW::zero_grad() {

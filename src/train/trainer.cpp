@@ -110,11 +110,7 @@ void Trainer::plan_method() {
     if (exits_.empty()) throw std::runtime_error("config key \"exits\": ict needs intermediate exits below layer " + std::to_string(L));
     model_->add_ict_heads(exits_);
   }
-  weights_ = o_.exit_weights;
-  if (weights_.empty()) weights_.assign(exits_.size(), 1.0);
-  if (weights_.size() != exits_.size())
-    throw std::runtime_error("config key \"exit_weights\" has " + std::to_string(weights_.size()) + " values for " +
-                             std::to_string(exits_.size()) + " exits (" + format_exits(exits_) + ")");
+  weights_ = exit_weights_in_exit_order(L);
   for (auto& p : model_->named_parameters()) {
     const bool train = o_.method != Method::kIct || p.key().rfind("ict_heads.", 0) == 0;
     p.value().set_requires_grad(train);
@@ -129,6 +125,25 @@ void Trainer::plan_method() {
       p.copy_(t);
     }
   }
+}
+
+// exit_weights pair with the exits in the order the config lists them; exits_ is sorted.
+std::vector<double> Trainer::exit_weights_in_exit_order(int n_layers) const {
+  if (o_.exit_weights.empty()) return std::vector<double>(exits_.size(), 1.0);
+  const bool listed = o_.method == Method::kSoft && o_.exits != "auto" && o_.exits != "all";
+  const std::vector<int> order = listed ? parse_exits_in_order(o_.exits, n_layers) : exits_;
+  for (size_t i = 0; i < order.size(); ++i)
+    if (std::find(order.begin(), order.begin() + (std::ptrdiff_t)i, order[i]) != order.begin() + (std::ptrdiff_t)i)
+      throw std::runtime_error("config key \"exits\": layer " + std::to_string(order[i]) +
+                               " is listed twice, so its weight in \"exit_weights\" is ambiguous");
+  if (o_.exit_weights.size() != exits_.size())
+    throw std::runtime_error("config key \"exit_weights\" has " + std::to_string(o_.exit_weights.size()) + " values for " +
+                             std::to_string(exits_.size()) + " exits (" + format_exits(exits_) + ")");
+  std::map<int, double> by_exit;
+  for (size_t i = 0; i < order.size(); ++i) by_exit[order[i]] = o_.exit_weights[i];
+  std::vector<double> w;
+  for (int e : exits_) w.push_back(by_exit.at(e));
+  return w;
 }
 
 void Trainer::load_data() {
@@ -252,38 +267,59 @@ std::map<int, double> Trainer::train_step(const StepExits& se, const std::vector
   return exit_nll;
 }
 
-// Per-exit losses summed over ranks into metrics.jsonl and the progress line; returns the loss.
-double Trainer::log_step(const StepExits& se, const std::map<int, double>& exit_nll, int64_t targets, int64_t tokens,
-                         double lr, double grad_norm, double ms) {
+// The step's loss per exit, summed over ranks and divided by the step's target tokens.
+Trainer::StepLoss Trainer::reduce_step_loss(const StepExits& se, const std::map<int, double>& exit_nll, int64_t targets) {
   Tensor nll = torch::zeros({(int64_t)se.exits.size()}, torch::kFloat64);
   for (size_t i = 0; i < se.exits.size(); ++i) nll[(int64_t)i] = exit_nll.count(se.exits[i]) ? exit_nll.at(se.exits[i]) : 0.0;
   dist_->all_reduce_sum(nll);
-  double loss = 0;
-  nlohmann::json per = nlohmann::json::object();
+  StepLoss out;
+  out.per_exit = nlohmann::json::object();
   for (size_t i = 0; i < se.exits.size(); ++i) {
     const double l = nll[(int64_t)i].item<double>() / (double)std::max<int64_t>(1, targets);
-    per[std::to_string(se.exits[i])] = l;
-    loss += se.weights[i] * l / se.weight_sum;
+    out.per_exit[std::to_string(se.exits[i])] = l;
+    out.loss += se.weights[i] * l / se.weight_sum;
   }
+  return out;
+}
+
+// A NaN/Inf loss or gradient would turn every weight into NaN: stop before the update (the newest
+// checkpoint is the last good one), or, when the config says so, skip the step.
+bool Trainer::accept_finite(const StepLoss& sl, double grad_norm) {
+  if (std::isfinite(sl.loss) && std::isfinite(grad_norm)) return true;
+  const std::string what = fmt::format("step {}: the training loss is {} (per exit {}) and the gradient norm {}", step_ + 1,
+                                       sl.loss, sl.per_exit.dump(), grad_norm);
+  if (!o_.skip_nonfinite) {
+    const std::string last = latest_checkpoint(o_.out_dir);
+    throw std::runtime_error(what + "; stopping before the update (newest checkpoint: " + (last.empty() ? "none" : last) +
+                             "; set train.skip_nonfinite=true to skip such steps)");
+  }
+  if (lead()) {
+    spdlog::warn("{}; skipping the step (train.skip_nonfinite)", what);
+    metrics_ << nlohmann::json{{"type", "skipped"}, {"step", step_ + 1}, {"loss", sl.loss}, {"grad_norm", grad_norm}}.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n" << std::flush;
+  }
+  return false;
+}
+
+// One line of metrics.jsonl per step and the progress line.
+void Trainer::log_step(const StepLoss& sl, int64_t tokens, double lr, double grad_norm, double ms) {
   elapsed_s_ += ms / 1000.0;
   const double eta = elapsed_s_ / (double)(step_ - start_step_) * (double)(sched_.total - step_);
   const double epoch_f = (double)(step_ * o_.grad_accum) / (double)sched_.per_epoch;
   const double tok_s = (double)tokens / (ms / 1000.0);
-  if (!lead()) return loss;
-  metrics_ << nlohmann::json{{"type", "train"}, {"step", step_},   {"epoch", epoch_f},       {"loss", loss},
-                             {"exit_loss", per}, {"lr", lr},       {"grad_norm", grad_norm}, {"tokens", tokens},
+  if (!lead()) return;
+  metrics_ << nlohmann::json{{"type", "train"}, {"step", step_},        {"epoch", epoch_f},       {"loss", sl.loss},
+                             {"exit_loss", sl.per_exit}, {"lr", lr},    {"grad_norm", grad_norm}, {"tokens", tokens},
                              {"tokens_per_s", tok_s}, {"ms_per_step", ms}, {"eta_s", eta}}
                   .dump()
            << "\n"
            << std::flush;
-  if (step_ % o_.log_every != 0 && step_ != sched_.total) return loss;
+  if (step_ % o_.log_every != 0 && step_ != sched_.total) return;
   std::string exit_str;
-  for (auto& [e, l] : per.items()) exit_str += fmt::format(" {}:{:.3f}", e, l.get<double>());
+  for (auto& [e, l] : sl.per_exit.items()) exit_str += fmt::format(" {}:{:.3f}", e, l.get<double>());
   const std::string line = fmt::format("step {}/{} epoch {:.2f} loss {:.4f} [{} ] lr {:.2e} gnorm {:.2f} {:.0f} tok/s {:.0f} ms/step ETA {}",
-                                       step_, sched_.total, epoch_f, loss, exit_str, lr, grad_norm, tok_s, ms, format_duration(eta));
+                                       step_, sched_.total, epoch_f, sl.loss, exit_str, lr, grad_norm, tok_s, ms, format_duration(eta));
   if (tty_) fmt::print(stderr, "\r\033[K{}{}", line, step_ == sched_.total ? "\n" : "");
   else spdlog::info("{}", line);
-  return loss;
 }
 
 std::map<int, double> Trainer::validate() {
@@ -332,9 +368,10 @@ FinetuneResult Trainer::run() {
     const StepExits se = exits_for_step();
     int64_t targets = 0, tokens = 0;
     const std::vector<Batch> micro = micro_batches(&targets, &tokens);
-    const std::map<int, double> exit_nll = train_step(se, micro, targets);
+    const StepLoss loss = reduce_step_loss(se, train_step(se, micro, targets), targets);
     const double lr = lr_at(step_, sched_.total, sched_.warmup, o_.lr, o_.min_lr_ratio);
-    const double grad_norm = opt_->step(lr, o_.clip);
+    const double grad_norm = opt_->reduce_and_clip(o_.clip);
+    if (accept_finite(loss, grad_norm)) opt_->apply(lr);
     opt_->zero_grad();
     ++step_;
     if (lead() && dist_->world() > 1 && !told_buckets) {
@@ -342,7 +379,8 @@ FinetuneResult Trainer::run() {
                    opt_->bucket_count(), o_.bucket_mb, opt_->early_buckets());
       told_buckets = true;
     }
-    result.losses.push_back(log_step(se, exit_nll, targets, tokens, lr, grad_norm, clock.ms()));
+    log_step(loss, tokens, lr, grad_norm, clock.ms());
+    result.losses.push_back(loss.loss);
     if (o_.eval_every > 0 && step_ % o_.eval_every == 0 && step_ < sched_.total) {
       if (tty_ && lead()) fmt::print(stderr, "\n");
       validate();

@@ -49,6 +49,13 @@ for method in sft soft; do
   same "$WORK/$method-1" "$WORK/$method-2z" 1 || fail "$method: ZeRO-2 differs from 1 rank"
 done
 grep -q "sharded (ZeRO-2)" "$WORK/err2" || fail "launch log does not name the sharded optimizer"
+# Layers above the deepest exit get no gradient: weight decay must leave them alone on any number
+# of ranks, as it does in one process (reduced zeros would decay them on 2 ranks).
+for zero in 0 2; do
+  ft1 --set method=soft --set exits=1,2 --set train.weight_decay=0.5 --set out_dir="$WORK/low-1-$zero"
+  ft2 --set method=soft --set exits=1,2 --set train.weight_decay=0.5 --set out_dir="$WORK/low-2-$zero" --set dist.zero_stage=$zero
+  same "$WORK/low-1-$zero" "$WORK/low-2-$zero" 1 || fail "exits below the top layer: 2 ranks (ZeRO $zero) differ from 1 rank"
+done
 # Buckets of one tensor each: most collectives start during the backward pass, in the same order on
 # both ranks, and the result is unchanged (also with ZeRO-2 and activation checkpointing).
 for extra in "" "--set dist.zero_stage=2 --set train.checkpoint_activations=true"; do

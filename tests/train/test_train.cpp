@@ -8,6 +8,7 @@
 #include "sortedllama/io/safetensors.h"
 #include "sortedllama/train/trainer.h"
 #include "sortedllama/train/config.h"
+#include "sortedllama/train/state.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -304,4 +305,142 @@ TEST(Train, SoftMakesIntermediateExitsGoodWhereSftDoesNot) {
       EXPECT_LT(s[e], f[e] - 0.5) << "exit " << e << ": SoFT " << s[e] << " vs SFT " << f[e];
     }
   }
+}
+
+// ---- Hardening: precision, pairing, non-finite steps, resume, run directories ----
+
+// bf16: the head (tied to the embeddings in stories260K), the final norm and every layer collect
+// their gradients in fp32, so ~400 chunked backward passes over 2 micro-batches sum like one
+// unchunked bf16 pass over the whole batch (bf16 accumulation drifted by 3-4% here).
+TEST(TrainHardening, Bf16GradientsAccumulateInFp32) {
+  auto ex = examples(4);
+  sl::Llama chunked = sl::load_model(sl_test::stories_model_dir(), torch::kCPU, torch::kBFloat16);
+  sl::Llama whole = sl::load_model(sl_test::stories_model_dir(), torch::kCPU, torch::kBFloat16);
+  sl::Dist dist(sl::DistEnv{}, std::chrono::seconds(5));
+  std::vector<std::pair<std::string, Tensor>> params;
+  for (auto& p : chunked->named_parameters()) params.emplace_back(p.key(), p.value());
+  sl::DistAdamW opt(params, sl::AdamWConfig{}, dist, false);
+  const std::vector<int> exits = {2, 4, 5};
+  const std::vector<double> w = {1.0, 1.0, 1.0};
+  sl::Batch h1 = sl::collate({&ex[0], &ex[1]}, torch::kCPU), h2 = sl::collate({&ex[2], &ex[3]}, torch::kCPU);
+  const double norm = 3.0 * (double)(h1.targets + h2.targets);
+  ASSERT_GT(h1.targets + h2.targets, 60);
+  sl::multi_exit_backward(chunked, h1, exits, w, norm, /*chunk=*/1, false);
+  sl::multi_exit_backward(chunked, h2, exits, w, norm, /*chunk=*/1, false);
+  // The reference: one backward pass over all positions at once (each gradient rounded once).
+  sl::Batch all = sl::collate({&ex[0], &ex[1], &ex[2], &ex[3]}, torch::kCPU);
+  sl::multi_exit_backward(whole, all, exits, w, norm, 100000, false);
+  auto ref = whole->named_parameters();
+  for (const char* name : {"model.embed_tokens.weight", "model.norm.weight", "model.layers.0.mlp.down_proj.weight"}) {
+    const Tensor g = chunked->named_parameters()[name].grad();
+    ASSERT_EQ(g.scalar_type(), torch::kFloat32) << name;
+    const Tensor want = ref[name].grad().to(torch::kFloat32);
+    const double rel = (g - want).norm().item<double>() / want.norm().item<double>();
+    EXPECT_LT(rel, 0.01) << name;
+  }
+}
+
+TEST(TrainHardening, ExitWeightsPairWithTheExitsAsListed) {
+  auto c = tiny_config("soft", 1);
+  c["exits"] = "5,2";
+  c["exit_weights"] = {3.0, 1.0};  // exit 5 weighs 3
+  auto r = sl::finetune(c, "", torch::kCPU);
+  std::ifstream m(c["out_dir"].get<std::string>() + "/metrics.jsonl");
+  std::string line;
+  std::getline(m, line);
+  const auto j = nlohmann::json::parse(line);
+  const double l2 = j["exit_loss"]["2"], l5 = j["exit_loss"]["5"];
+  EXPECT_NEAR(j["loss"].get<double>(), (3.0 * l5 + 1.0 * l2) / 4.0, 1e-9);
+  EXPECT_GT(std::abs(l2 - l5), 0.1);  // so the pairing is visible
+  c["exits"] = "2,5,2";
+  c["exit_weights"] = {1.0, 1.0, 2.0};
+  EXPECT_NE(error_of([&] { sl::finetune(c, "", torch::kCPU); }).find("layer 2 is listed twice"), std::string::npos);
+}
+
+TEST(TrainHardening, NonFiniteLossStopsOrIsSkipped) {
+  const std::string dir = sl_test::temp_dir("nan") + "/model";
+  {
+    sl::Llama m = sl::load_model(sl_test::stories_model_dir());
+    torch::NoGradGuard g;
+    m->named_parameters()["model.layers.4.mlp.up_proj.weight"][0][0] = std::nan("");
+    sl::save_model(m, dir, sl_test::stories_model_dir() + "/tokenizer.model");
+  }
+  auto c = tiny_config("soft", 2);
+  c["model"] = dir;
+  const std::string err = error_of([&] { sl::finetune(c, "", torch::kCPU); });
+  EXPECT_NE(err.find("step 1: the training loss is nan"), std::string::npos) << err;
+  EXPECT_NE(err.find("train.skip_nonfinite"), std::string::npos) << err;
+  EXPECT_FALSE(fs::exists(c["out_dir"].get<std::string>() + "/final"));
+  c["train"]["skip_nonfinite"] = true;
+  auto r = sl::finetune(c, "", torch::kCPU);
+  EXPECT_EQ(r.steps, 2);
+  std::ifstream m(c["out_dir"].get<std::string>() + "/metrics.jsonl");
+  int skipped = 0;
+  for (std::string line; std::getline(m, line);) skipped += nlohmann::json::parse(line)["type"] == "skipped";
+  EXPECT_EQ(skipped, 2);
+  // Skipped steps leave the weights as they were (no NaN spread by an update).
+  auto before = sl::load_model(dir), after = sl::load_model(r.final_dir);
+  EXPECT_TRUE(torch::equal(before->named_parameters()["model.layers.0.self_attn.q_proj.weight"],
+                           after->named_parameters()["model.layers.0.self_attn.q_proj.weight"]));
+}
+
+TEST(TrainHardening, ResumeRefusesAChangedConfigUnlessAsked) {
+  auto c = tiny_config("soft", 4);
+  c["save"]["every"] = 2;
+  sl::FinetuneHooks stop;
+  stop.stop_after = 3;
+  sl::finetune(c, "", torch::kCPU, stop);
+  auto changed = c;
+  changed["train"]["max_steps"] = 6;
+  changed["save"]["every"] = 3;  // how a run is saved may change freely
+  const std::string err = error_of([&] { sl::finetune(changed, "auto", torch::kCPU); });
+  EXPECT_NE(err.find("the config differs"), std::string::npos) << err;
+  EXPECT_NE(err.find("/train/max_steps: 6"), std::string::npos) << err;
+  EXPECT_EQ(err.find("/save/every"), std::string::npos) << err;
+  sl::FinetuneHooks allow;
+  allow.resume_with_changes = true;
+  EXPECT_EQ(sl::finetune(changed, "auto", torch::kCPU, allow).steps, 6);
+}
+
+// bf16 runs resume exactly too: the extracted model keeps the run's dtype.
+TEST(TrainHardening, Bf16ResumeIsExactForSoftAndExtracted) {
+  for (const std::string method : {"soft", "extracted"}) {
+    auto c = tiny_config(method, 4);
+    c["train"]["precision"] = "bf16";
+    c["save"]["every"] = 2;
+    if (method == "extracted") c["extract_layers"] = 3;
+    auto full = sl::finetune(c, "", torch::kCPU);
+    auto d = c;
+    d["out_dir"] = sl_test::temp_dir("resume-bf16") + "/out";
+    sl::FinetuneHooks stop;
+    stop.stop_after = 3;
+    sl::finetune(d, "", torch::kCPU, stop);
+    auto rest = sl::finetune(d, "auto", torch::kCPU);
+    ASSERT_EQ(rest.losses.size(), 2u) << method;
+    for (size_t i = 0; i < 2; ++i) EXPECT_EQ(rest.losses[i], full.losses[2 + i]) << method << " step " << 3 + i;
+    auto a = sl::load_model(full.final_dir, torch::kCPU, torch::kBFloat16);
+    auto b = sl::load_model(rest.final_dir, torch::kCPU, torch::kBFloat16);
+    for (auto& p : a->named_parameters()) EXPECT_TRUE(torch::equal(p.value(), b->named_parameters()[p.key()])) << method << p.key();
+  }
+}
+
+TEST(TrainHardening, StepDirectoriesCompareAsNumbersAndPruneAtomically) {
+  const std::string out = sl_test::temp_dir("steps");
+  for (const char* name : {"step-999999", "step-1000000", "step-000007"}) {
+    fs::create_directories(out + "/" + name);
+    sl_test::write_file(out + "/" + name + "/trainer_state.json", "{}");
+  }
+  fs::create_directories(out + "/.step-000008.tmp-4242");  // a killed writer's leftovers
+  fs::create_directories(out + "/.step-000007.trash-4242");
+  EXPECT_EQ(fs::path(sl::latest_checkpoint(out)).filename(), "step-1000000");
+  EXPECT_EQ(sl::step_of_dir_name("step-1000000"), 1000000);
+  EXPECT_EQ(sl::step_of_dir_name("step-12x"), -1);
+  sl::prune_checkpoints(out, 1);
+  EXPECT_TRUE(fs::exists(out + "/step-1000000"));
+  EXPECT_FALSE(fs::exists(out + "/step-999999"));
+  EXPECT_FALSE(fs::exists(out + "/step-000007"));
+  sl::remove_stale_temporaries(out);
+  std::vector<std::string> left;
+  for (auto& e : fs::directory_iterator(out)) left.push_back(e.path().filename().string());
+  EXPECT_EQ(left, std::vector<std::string>{"step-1000000"});
 }

@@ -9,6 +9,8 @@ namespace sl {
 // last layer, rounded (12,16,...,40 for 40 layers; every layer below 8 layers; exits that round
 // to the same layer are merged). Sorted, unique, each in [1, n_layers]; throws naming the bad value.
 std::vector<int> parse_exits(const std::string& spec, int n_layers);
+// The same layers in the order the spec lists them, repeats kept (to pair them with per-exit values).
+std::vector<int> parse_exits_in_order(const std::string& spec, int n_layers);
 std::string format_exits(const std::vector<int>& exits);
 
 }  // namespace sl

@@ -51,6 +51,7 @@ struct TrainOptions {
   double lr = 0, min_lr_ratio = 0, warmup_ratio = 0, weight_decay = 0, beta1 = 0, beta2 = 0, adam_eps = 0, clip = 0;
   uint64_t seed = 0;
   bool checkpoint_activations = false;
+  bool skip_nonfinite = false;  // skip steps with a NaN/Inf loss or gradient norm instead of stopping
   Precision precision = Precision::kFp32;
 
   int64_t zero_stage = 0;      // 0: every rank holds the whole optimizer; 2: state and gradients sharded

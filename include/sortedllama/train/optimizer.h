@@ -11,9 +11,10 @@
 //      reduce-scatter of a parameter partition);
 //   2. clips by the global gradient norm;
 //   3. runs torch::optim::AdamW on the owned parameters' fp32 master copies (the parameters
-//      themselves when they are fp32; a separate fp32 copy when the model computes in bf16);
+//      themselves when they are fp32; a separate fp32 copy when the model computes in bf16, whose
+//      gradients autograd accumulates in fp32); a parameter no backward pass reached is left alone;
 //   4. broadcasts each updated parameter from its owner (the matching all-gather).
-// Per-rank memory, Ψ parameters, N ranks, bf16 model: 2Ψ weights + 2Ψ gradients + 12Ψ/N for fp32
+// Per-rank memory, Ψ parameters, N ranks, bf16 model: 2Ψ weights + 4Ψ fp32 gradients + 12Ψ/N for fp32
 // master weights and the two moments (fp32 model: 4Ψ + 4Ψ + 8Ψ/N).
 #pragma once
 #include <memory>
@@ -55,6 +56,10 @@ class DistAdamW {
 
   // Returns the global gradient norm before clipping (clip <= 0: no clipping).
   double step(double lr, double clip);
+  // step() in two halves, so that a caller can look at the norm before anything changes:
+  // complete and clip the gradients (returns the norm), then update the parameters.
+  double reduce_and_clip(double clip);
+  void apply(double lr);
   void zero_grad();
 
   // Collective (every rank calls): the complete state on rank 0, empty elsewhere.

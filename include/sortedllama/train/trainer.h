@@ -48,6 +48,7 @@ class Trainer {
   void init_distributed();
   void load_or_init_model();
   void plan_method();
+  std::vector<double> exit_weights_in_exit_order(int n_layers) const;
   void load_data();
   void make_optimizer_and_resume();
   void check_resumed_config(const nlohmann::json& saved) const;
@@ -61,8 +62,13 @@ class Trainer {
   StepExits exits_for_step() const;
   std::vector<Batch> micro_batches(int64_t* targets, int64_t* tokens);
   std::map<int, double> train_step(const StepExits& se, const std::vector<Batch>& micro, int64_t targets);
-  double log_step(const StepExits& se, const std::map<int, double>& exit_nll, int64_t targets, int64_t tokens,
-                  double lr, double grad_norm, double ms);
+  struct StepLoss {
+    double loss = 0;
+    nlohmann::json per_exit;  // exit -> mean NLL per target token
+  };
+  StepLoss reduce_step_loss(const StepExits& se, const std::map<int, double>& exit_nll, int64_t targets);
+  bool accept_finite(const StepLoss& sl, double grad_norm);
+  void log_step(const StepLoss& sl, int64_t tokens, double lr, double grad_norm, double ms);
   std::map<int, double> validate();
   void save_checkpoint(const std::string& dir, bool with_state);
   void save_and_rotate();
