@@ -1,6 +1,7 @@
 // sortedllama eval: per-exit scores of a checkpoint on the paper's tasks (src/eval_*.cpp), written
 // as results.json (docs/results_schema.md), results.md, samples files and optional SVG plots.
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -16,6 +17,7 @@
 #include "sortedllama/model/exits.h"
 #include "sortedllama/data/records.h"
 #include "sortedllama/eval/plot.h"
+#include "sortedllama/util/files.h"
 
 namespace sl {
 
@@ -30,6 +32,7 @@ struct EvalArgs {
   std::string thresholds, confidence = "max_prob";
   // triviaqa
   int64_t num_fewshot = 0;
+  bool add_bos = false;
   std::string fewshot_file;
   std::vector<std::string> predictions;
   // compare
@@ -73,6 +76,10 @@ TaskResult run_lm(const EvalArgs& a, LoadedModel& m, const std::vector<int>& exi
     seqs.push_back(std::move(ids));
   }
   if (truncated) spdlog::warn("{} texts truncated to max_position_embeddings = {}", truncated, cfg.max_seq_len);
+  int64_t scored = 0;
+  for (const auto& s : seqs) scored += (int64_t)s.size() - 1;  // every token after BOS
+  if (scored == 0)
+    throw std::runtime_error(a.data + (seqs.empty() ? ": no records" : ": every text is empty (no token to score)"));
   auto scores = eval_lm(m.model, seqs, exits, a.batch_size);
   TaskResult r("lm", total, (int64_t)seqs.size());
   for (int e : exits) {
@@ -124,8 +131,10 @@ TaskResult run_task(const EvalArgs& a, const GlobalOptions& g) {
     EvalGenOptions o;
     o.decode = parse_decode_mode(a.decode);
     o.max_new_tokens = a.max_new_tokens > 0 ? a.max_new_tokens : default_max_new;
+    check_kv_cache_fits(m.model, a.batch_size, cfg.max_seq_len, o.max_new_tokens);
     o.batch_size = a.batch_size;
     o.eos_id = cfg.eos_id;
+    o.vocab_limit = m.tokenizer->vocab_size();
     o.draft_layer = a.draft_layer;
     o.draft_tokens = a.draft_tokens;
     if (!a.thresholds.empty()) o.thresholds = parse_thresholds(a.thresholds, (int)cfg.n_layers);
@@ -142,7 +151,7 @@ TaskResult run_task(const EvalArgs& a, const GlobalOptions& g) {
       need(!a.fewshot_file.empty(), "--num-fewshot needs --fewshot-file (questions with answers to draw from)");
       pool = load_triviaqa(a.fewshot_file);
     }
-    TaskResult r = eval_triviaqa(m.model, *m.tokenizer, first_n(all, a.limit), pool, a.num_fewshot, exits, gen_options(50));
+    TaskResult r = eval_triviaqa(m.model, *m.tokenizer, first_n(all, a.limit), pool, a.num_fewshot, exits, gen_options(50), a.add_bos);
     r.n_original = (int64_t)all.size();
     return r;
   }
@@ -168,8 +177,6 @@ TaskResult run_task(const EvalArgs& a, const GlobalOptions& g) {
   return r;
 }
 
-// x of a row: its exit, or A's exit ("12 vs 12") in another run's results.json.
-double row_x(const std::string& name) { return std::atof(name.c_str()); }
 
 void write_plots(const EvalArgs& a, const TaskResult& r, const std::string& dir) {
   struct Run {
@@ -196,7 +203,14 @@ void write_plots(const EvalArgs& a, const TaskResult& r, const std::string& dir)
     run.name = !label.empty() ? label
                               : fs::path(j.value("model", path)).filename().string() + " (" +
                                     fs::path(path).parent_path().filename().string() + ")";
-    for (const auto& [name, m] : j["exits"].items()) run.rows.emplace_back(row_x(name), m);
+    for (const auto& [name, m] : j["exits"].items()) {
+      char* end = nullptr;
+      const double x = std::strtod(name.c_str(), &end);
+      if (end == name.c_str() || !(*end == '\0' || std::string(end).rfind(" vs ", 0) == 0) || !std::isfinite(x))
+        throw std::runtime_error("--overlay " + path + ": exit \"" + name + "\" is not a layer number");
+      if (!m.is_object()) throw std::runtime_error("--overlay " + path + ": the metrics of exit " + name + " are not an object");
+      run.rows.emplace_back(x, m);
+    }
     std::sort(run.rows.begin(), run.rows.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
     runs.push_back(std::move(run));
   }
@@ -216,9 +230,8 @@ void write_plots(const EvalArgs& a, const TaskResult& r, const std::string& dir)
         series.push_back(std::move(s));
       }
       const fs::path p = fs::path(dir) / ("plot_" + metric + ".svg");
-      std::ofstream f(p);
-      f << svg_line_chart(r.task + ": " + metric, r.task == "compare" ? "exit layer (A)" : "exit layer", metric, series);
-      if (!f) throw std::runtime_error("cannot write " + p.string());
+      write_file_atomic(p.string(), svg_line_chart(r.task + ": " + metric, r.task == "compare" ? "exit layer (A)" : "exit layer",
+                                                   metric, series));
     }
   spdlog::info("wrote {} plots into {}", done.size(), dir);
 }
@@ -263,6 +276,7 @@ void add_eval_command(CLI::App& app, const GlobalOptions& g) {
   cmd->add_option("--max-new-tokens", a->max_new_tokens, "default: triviaqa 50, instruct 256, speed 64")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--out", a->out, "output directory (or a .json path for results.json alone)");
+  cmd->add_flag("--add-bos", a->add_bos, "triviaqa: start prompts with BOS (lm-evaluation-harness's HF backend adds none)");
   cmd->add_option("--num-fewshot", a->num_fewshot, "triviaqa: solved examples before each question")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--fewshot-file", a->fewshot_file, "triviaqa: where few-shot examples come from")

@@ -17,11 +17,11 @@ namespace sl {
 namespace {
 struct GenerateArgs {
   std::string model, tokenizer, prompt, prompt_file;
-  bool prompt_given = false;
+  bool prompt_given = false, exit_layer_given = false, draft_layer_given = false, thresholds_given = false;
   int exit_layer = 0;
   int64_t max_new_tokens = 256, batch_size = 8, top_k = 0;
   double temperature = 0.0, top_p = 1.0;
-  uint64_t seed = 0;
+  std::string seed = "0";
   bool json = false;
   bool speculative = false, dynamic = false, compare_baseline = false;
   int draft_layer = 0, draft_tokens = 0;
@@ -119,12 +119,14 @@ std::vector<std::string> read_prompts(const std::string& path) {
   std::vector<std::string> prompts;
   if (path.size() >= 6 && path.substr(path.size() - 6) == ".jsonl") {
     for (const auto& r : read_records(path)) prompts.push_back(string_field(r, "prompt"));
+    if (prompts.empty()) throw std::runtime_error("--prompt-file " + path + ": no prompts in it");
     return prompts;
   }
   std::ifstream f(path);
   if (!f) throw std::runtime_error("cannot open " + path);
   for (std::string line; std::getline(f, line);)
     if (!line.empty()) prompts.push_back(line);
+  if (prompts.empty()) throw std::runtime_error("--prompt-file " + path + ": no prompts in it");
   return prompts;
 }
 
@@ -134,18 +136,21 @@ void run_generate(GenerateArgs a, const GlobalOptions& g) {
   std::vector<std::string> prompts = a.prompt_given ? std::vector<std::string>{a.prompt} : read_prompts(a.prompt_file);
   LoadedModel m = load_model_and_tokenizer(a.model, a.tokenizer, g);
   const auto& cfg = m.model->config();
-  if (a.exit_layer < 0 || a.exit_layer > cfg.n_layers)
+  if (a.exit_layer_given && (a.exit_layer < 1 || a.exit_layer > cfg.n_layers))
     throw std::runtime_error("--exit-layer " + std::to_string(a.exit_layer) + " is outside the model's 1.." +
                              std::to_string(cfg.n_layers) + " layers");
+  if (a.thresholds_given && a.thresholds.empty()) throw std::runtime_error("--thresholds is empty (omit it for the defaults)");
   if (a.dynamic && a.exit_layer > 0)
     throw std::runtime_error("--dynamic runs the full model: it takes no --exit-layer");
   GenerateOptions opt;
   opt.exit_layer = a.exit_layer > 0 ? a.exit_layer : (int)cfg.n_layers;
   opt.max_new_tokens = a.max_new_tokens;
   opt.sampling = {a.temperature, a.top_p, a.top_k};
-  opt.seed = a.seed;
+  opt.seed = parse_u64(a.seed, "--seed");
   opt.eos_id = cfg.eos_id;
-  if (a.speculative && a.draft_layer == 0) a.draft_layer = parse_exits("auto", (int)cfg.n_layers).front();
+  opt.sampling.vocab_limit = m.tokenizer->vocab_size();
+  if (a.draft_layer_given && a.draft_layer < 1) throw std::runtime_error("--draft-layer must be at least 1");
+  if (a.speculative && !a.draft_layer_given) a.draft_layer = parse_exits("auto", (int)cfg.n_layers).front();
   if (a.speculative && (a.draft_layer < 1 || a.draft_layer >= opt.exit_layer))
     throw std::runtime_error("--draft-layer " + std::to_string(a.draft_layer) + " must be in 1.." +
                              std::to_string(opt.exit_layer - 1) + " (below the verifier's " +
@@ -174,6 +179,9 @@ void run_generate(GenerateArgs a, const GlobalOptions& g) {
     const size_t end = std::min(prompts.size(), start + (size_t)a.batch_size);
     std::vector<std::vector<int>> ids;
     for (size_t i = start; i < end; ++i) ids.push_back(m.tokenizer->encode(prompts[i], /*bos=*/true));
+    size_t longest = 0;
+    for (const auto& p : ids) longest = std::max(longest, p.size());
+    check_kv_cache_fits(m.model, (int64_t)ids.size(), (int64_t)longest, opt.max_new_tokens);
     const int64_t context = m.model->config().max_seq_len;
     for (size_t i = 0; i < ids.size(); ++i)
       if ((int64_t)ids[i].size() + opt.max_new_tokens > context)
@@ -242,7 +250,7 @@ void add_generate_command(CLI::App& app, const GlobalOptions& g) {
   cmd->add_option("--temperature", a->temperature, "0 = greedy")->check(CLI::NonNegativeNumber);
   cmd->add_option("--top-p", a->top_p, "nucleus sampling mass")->check(CLI::Range(0.0, 1.0));
   cmd->add_option("--top-k", a->top_k, "sample among the k most likely tokens (0 = all)")->check(CLI::NonNegativeNumber);
-  cmd->add_option("--seed", a->seed, "sampling seed");
+  cmd->add_option("--seed", a->seed, "sampling seed (0 .. 2^64-1)");
   cmd->add_option("--batch-size", a->batch_size, "prompts decoded together")->check(CLI::PositiveNumber);
   cmd->add_flag("--json", a->json, "one JSON object per prompt on stdout");
   auto* spec = cmd->add_flag("--speculative", a->speculative,
@@ -262,6 +270,9 @@ void add_generate_command(CLI::App& app, const GlobalOptions& g) {
   cmd->add_flag("--compare-baseline", a->compare_baseline, "also run plain decoding and report the speedup");
   cmd->callback([a, cmd, &g] {
     a->prompt_given = cmd->count("--prompt") > 0;
+    a->exit_layer_given = cmd->count("--exit-layer") > 0;
+    a->draft_layer_given = cmd->count("--draft-layer") > 0;
+    a->thresholds_given = cmd->count("--thresholds") > 0;
     run_generate(*a, g);
   });
 }

@@ -3,7 +3,10 @@
 #include <malloc.h>
 #include <unistd.h>
 
+#include <charconv>
 #include <iostream>
+
+#include <fmt/format.h>
 
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -35,6 +38,30 @@ LoadedModel load_model_and_tokenizer(const std::string& dir, const std::string& 
                              " has only " + std::to_string(m.model->config().vocab_size) +
                              " embedding rows: tokenizer and weights do not belong together");
   return m;
+}
+
+uint64_t parse_u64(const std::string& text, const std::string& option) {
+  uint64_t v = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (ec == std::errc::result_out_of_range)
+    throw std::runtime_error(option + " " + text + " is out of range (0 .. 18446744073709551615)");
+  if (ec != std::errc() || end != text.data() + text.size() || text.empty())
+    throw std::runtime_error(option + " " + text + " is not a non-negative integer");
+  return v;
+}
+
+void check_kv_cache_fits(Llama& model, int64_t batch, int64_t prompt_len, int64_t max_new_tokens) {
+  if (!model->device().is_cpu()) return;
+  const ModelConfig& cfg = model->config();
+  const double positions = (double)prompt_len + (double)max_new_tokens;
+  const double bytes = 2.0 * (double)cfg.n_layers * (double)batch * (double)cfg.n_kv_heads * (double)cfg.head_dim() *
+                       positions * (double)c10::elementSize(model->dtype());
+  const double ram = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGE_SIZE);
+  if (bytes > ram)
+    throw std::runtime_error(fmt::format("--max-new-tokens {} needs a KV cache of {:.1f} GiB for {} sequence(s) of {} "
+                                         "prompt tokens, more than this machine's {:.1f} GiB of memory; lower "
+                                         "--max-new-tokens or --batch-size",
+                                         max_new_tokens, bytes / (1 << 30), batch, prompt_len, ram / (1 << 30)));
 }
 
 nlohmann::ordered_json recorded_options(const CLI::App& cmd) {

@@ -39,6 +39,9 @@ std::vector<ExitThreshold> parse_thresholds(const std::string& spec, int n_layer
                                " is outside the model's 1.." + std::to_string(n_layers) + " layers");
     if (!t.empty() && e.layer <= t.back().layer)
       throw std::runtime_error("thresholds \"" + spec + "\": layers must increase");
+    if (!std::isfinite(e.threshold) || e.threshold < 0)
+      throw std::runtime_error("thresholds \"" + spec + "\": \"" + item +
+                               "\": a threshold is a confidence in [0, 1] (above 1: never exit there)");
     t.push_back(e);
   }
   if (t.empty()) throw std::runtime_error("thresholds are empty");
@@ -82,7 +85,7 @@ struct ExitDecider {
       if (!exit[r]) running.push_back(r);
     Tensor idx = torch::tensor(running, torch::kInt64);
     Tensor logits = model->head((int64_t)running.size() == R ? x : x.index_select(0, idx.to(x.device())), k);  // [U,V]
-    Tensor top = std::get<0>(logits.to(torch::kFloat32).softmax(-1).topk(2, -1)).to(torch::kCPU);  // [U,2]
+    Tensor top = std::get<0>(decodable_logits(logits, opt.sampling).to(torch::kFloat32).softmax(-1).topk(2, -1)).to(torch::kCPU);  // [U,2]
     Tensor conf = opt.confidence == Confidence::kMargin ? top.select(1, 0) - top.select(1, 1) : top.select(1, 0);  // [U]
     Tensor leave = last ? torch::ones_like(conf, torch::kBool) : conf >= threshold[k];  // [U]
     Tensor sel = leave.nonzero().squeeze(1);                                            // [E] into running

@@ -105,7 +105,7 @@ std::vector<Generation> generate_speculative(Llama& model, const std::vector<std
       if (j == N) break;  // the last draft only needs its layer-K state, for the verifier
       Tensor logits = model->head(x.select(1, 0), K);  // [R,V]
       if (greedy) {
-        tok = logits.argmax(-1, /*keepdim=*/true);
+        tok = decodable_logits(logits, opt.sampling).argmax(-1, /*keepdim=*/true);
       } else {
         q_probs.push_back(sampling_probs(logits, opt.sampling).to(torch::kCPU));
         tok = torch::multinomial(q_probs.back(), 1, false, gen).to(dev);
@@ -128,7 +128,7 @@ std::vector<Generation> generate_speculative(Llama& model, const std::vector<std
     Tensor fix;                   // [R]: the verifier's token after the accepted prefix
     auto da = d.accessor<int64_t, 2>();
     if (greedy) {
-      Tensor t = logits.argmax(-1).to(torch::kCPU);  // [R,N+1]
+      Tensor t = decodable_logits(logits, opt.sampling).argmax(-1).to(torch::kCPU);  // [R,N+1]
       auto ta = t.accessor<int64_t, 2>();
       for (int64_t r = 0; r < R; ++r)
         while (acc[r] < N && ta[r][acc[r]] == da[r][acc[r]]) ++acc[r];

@@ -39,6 +39,7 @@ TaskResult eval_analysis(Llama& model, const Tokenizer& tok, const std::vector<I
   o.max_new_tokens = positions;
   o.batch_size = batch_size;
   o.eos_id = cfg.eos_id;
+  o.vocab_limit = tok.vocab_size();
   Progress progress("analysis", 2 * (int64_t)items.size());
   o.on_batch = [&](int64_t n) { progress.add(n); };
   const std::vector<Generation> gens = eval_generate(model, prompts, {}, o)[0].gens;

@@ -69,6 +69,7 @@ JudgeFn model_judge(Llama& judge, const Tokenizer& tok, int64_t batch_size, int6
     o.batch_size = batch_size;
     o.max_new_tokens = max_new_tokens;
     o.eos_id = judge->config().eos_id;
+    o.vocab_limit = tok.vocab_size();
     // The verdict is the first line: stop once a line with content has ended.
     o.stop = [&tok](const std::vector<int>& t) {
       const std::string s = tok.decode(t);

@@ -28,6 +28,7 @@ GenerateOptions stop_rule_of(const EvalGenOptions& opt) {
   GenerateOptions g;
   g.max_new_tokens = opt.max_new_tokens;
   g.eos_id = opt.eos_id;
+  g.sampling.vocab_limit = opt.vocab_limit;
   if (opt.stop) g.on_token = [&opt](size_t, const std::vector<int>& t) { return opt.stop(t); };
   return g;
 }
@@ -70,11 +71,11 @@ void generate_batch(Llama& model, const std::vector<std::vector<int>>& prompts, 
 // One batch through the speculative or the dynamic decoder (greedy, verified by / ending at the full model).
 void generate_batch_other(Llama& model, const std::vector<std::vector<int>>& prompts, ExitGenerations& row,
                           const EvalGenOptions& opt) {
-  const StopRule stop = stop_rule_of(opt);
+  const GenerateOptions stop = stop_rule_of(opt);
   std::vector<Generation> gens;
   if (row.mode == DecodeMode::kSpeculative) {
     SpeculativeOptions so;
-    static_cast<StopRule&>(so) = stop;
+    static_cast<GenerateOptions&>(so) = stop_rule_of(opt);
     so.draft_layer = row.exit;
     so.draft_tokens = opt.draft_tokens;
     SpeculativeStats st;
@@ -87,6 +88,7 @@ void generate_batch_other(Llama& model, const std::vector<std::vector<int>>& pro
   } else {
     DynamicOptions dyn;
     static_cast<StopRule&>(dyn) = stop;
+    dyn.sampling.vocab_limit = opt.vocab_limit;
     dyn.thresholds = opt.thresholds;
     dyn.confidence = opt.confidence;
     DynamicStats st;

@@ -70,25 +70,40 @@ bool is_ascii_punct(char32_t c) {
          (c >= 0x7B && c <= 0x7E);
 }
 
-// Python's str.lower on U+0000-U+017F, appended to `out`; other code points are copied.
-void append_lower(std::u32string& out, char32_t c) {
-  if (c == 0x130) {  // 'İ' -> 'i' + combining dot above
-    out += U"i\u0307";
-    return;
-  }
-  const bool upper = (c >= 'A' && c <= 'Z') || (c >= 0xC0 && c <= 0xDE && c != 0xD7) ||
-                     (c >= 0x100 && c <= 0x137 && c % 2 == 0) ||
-                     (c >= 0x139 && c <= 0x148 && c % 2 == 1) ||
-                     (c >= 0x14A && c <= 0x177 && c % 2 == 0) ||
-                     (c >= 0x179 && c <= 0x17E && c % 2 == 1);
-  if (c == 0x178) out.push_back(0xFF);  // 'Ÿ' -> 'ÿ'
-  else if (upper) out.push_back(c < 0x100 ? c + 0x20 : c + 1);
-  else out.push_back(c);
+struct LowerEntry {
+  char32_t code, lower[3];
+};
+struct CasedRange {
+  char32_t first, last;
+};
+#include "unicode_lower.inc"
+
+bool is_cased(char32_t c) {
+  auto it = std::upper_bound(std::begin(kCased), std::end(kCased), c,
+                             [](char32_t x, const CasedRange& r) { return x < r.first; });
+  return it != std::begin(kCased) && c <= std::prev(it)->last;
 }
 
+// Python's str.lower: the full Unicode lowercase mapping (lm-evaluation-harness lowercases with
+// it), including the final-sigma rule for U+03A3.
 std::u32string lower(const std::u32string& u) {
   std::u32string out;
-  for (char32_t c : u) append_lower(out, c);
+  for (size_t i = 0; i < u.size(); ++i) {
+    const char32_t c = u[i];
+    if (c == 0x3A3) {  // final when a cased letter precedes it and none follows
+      const bool final = i > 0 && is_cased(u[i - 1]) && (i + 1 == u.size() || !is_cased(u[i + 1]));
+      out.push_back(final ? 0x3C2 : 0x3C3);
+      continue;
+    }
+    auto it = std::lower_bound(std::begin(kLower), std::end(kLower), c,
+                               [](const LowerEntry& e, char32_t x) { return e.code < x; });
+    if (it == std::end(kLower) || it->code != c) {
+      out.push_back(c);
+      continue;
+    }
+    for (char32_t l : it->lower)
+      if (l) out.push_back(l);
+  }
   return out;
 }
 
@@ -132,7 +147,7 @@ bool is_word(char32_t c) {
 
 // Token multiset overlap F1 (SQuAD), with both-empty counting as a match.
 double overlap_f1(const std::vector<std::u32string>& cand, const std::vector<std::u32string>& ref) {
-  if (cand.empty() || ref.empty()) return cand.empty() && ref.empty() ? 1.0 : 0.0;
+  if (cand.empty() || ref.empty()) return 0.0;  // as the official script: no common token, F1 0
   std::map<std::u32string, int64_t> left;
   for (const auto& t : ref) left[t]++;
   int64_t common = 0;

@@ -26,6 +26,13 @@ std::vector<TriviaQuestion> load_triviaqa(const std::string& path) {
       if (t.id.empty()) t.id = std::to_string(qs.size());
       t.question = required_string(r.value, "question", /*allow_empty=*/true);
       t.aliases = triviaqa_aliases(r.value);
+      t.fewshot_target = t.aliases[0];
+      if (auto a = r.value.find("answer"); a != r.value.end() && a->contains("aliases"))
+        for (const auto& s : (*a)["aliases"])
+          if (!s.get<std::string>().empty()) {
+            t.fewshot_target = s.get<std::string>();
+            break;
+          }
       return t;
     });
     qs.push_back(std::move(q));
@@ -41,7 +48,7 @@ std::string triviaqa_fewshot(const std::vector<TriviaQuestion>& pool, int64_t n,
   for (size_t i : shuffled_indices(pool.size(), seed)) {
     if (taken == n) break;
     if (pool[i].id == exclude_id) continue;
-    ctx += triviaqa_prompt(pool[i].question) + " " + pool[i].aliases[0] + "\n\n";
+    ctx += triviaqa_prompt(pool[i].question) + " " + pool[i].fewshot_target + "\n\n";
     ++taken;
   }
   if (taken < n)
@@ -79,11 +86,11 @@ ojson triviaqa_sample(const TriviaQuestion& q, const std::string& continuation, 
 
 TaskResult eval_triviaqa(Llama& model, const Tokenizer& tok, const std::vector<TriviaQuestion>& questions,
                          const std::vector<TriviaQuestion>& fewshot_pool, int64_t num_fewshot,
-                         const std::vector<int>& exits, const EvalGenOptions& opt) {
+                         const std::vector<int>& exits, const EvalGenOptions& opt, bool add_bos) {
   std::vector<std::vector<int>> prompts;
   for (size_t i = 0; i < questions.size(); ++i) {
     std::string ctx = num_fewshot > 0 ? triviaqa_fewshot(fewshot_pool, num_fewshot, 1234 + i, questions[i].id) : "";
-    prompts.push_back(tok.encode(ctx + triviaqa_prompt(questions[i].question), /*bos=*/true));
+    prompts.push_back(tok.encode(ctx + triviaqa_prompt(questions[i].question), add_bos));
   }
   EvalGenOptions o = opt;
   o.stop = [&tok](const std::vector<int>& t) { return triviaqa_should_stop(tok.decode(t)); };
@@ -130,6 +137,7 @@ TaskResult score_triviaqa_predictions(const std::vector<TriviaQuestion>& questio
         if (auto it = r.value.find("exit"); it != r.value.end()) {
           if (!it->is_number_integer()) throw BadRecord(type_error("field \"exit\"", *it, "an integer"));
           exit = it->get<int>();
+          if (exit < 1) throw BadRecord("field \"exit\" is " + std::to_string(exit) + ", not a layer number (1 or more)");
         }
       });
       auto q = index.find(id);

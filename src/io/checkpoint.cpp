@@ -196,8 +196,17 @@ void write_model_files(Llama& model, const std::string& dir, const std::string& 
   }
 }
 
+void require_replaceable_model_dir(const std::string& dir) {
+  if (!fs::exists(dir)) return;
+  if (!fs::is_directory(dir))
+    throw std::runtime_error("refusing to replace " + dir + ": it is not a directory (choose another output path)");
+  if (!fs::is_empty(dir) && !fs::exists(fs::path(dir) / "config.json"))
+    throw std::runtime_error("refusing to replace " + dir + ": it is not a model directory (no config.json) and would be lost");
+}
+
 void save_model(Llama& model, const std::string& dir, const std::string& tokenizer, torch::Dtype dtype,
                 int64_t max_shard_bytes) {
+  require_replaceable_model_dir(dir);
   write_dir_atomically(dir, [&](const std::string& tmp) { write_model_files(model, tmp, tokenizer, dtype, max_shard_bytes); });
 }
 

@@ -1,5 +1,7 @@
 #include "sortedllama/io/tokenizer.h"
 
+#include <filesystem>
+
 #include <dlfcn.h>
 #include <unistd.h>
 
@@ -59,6 +61,9 @@ const SpmApi* load_api() {
 }  // namespace
 
 Tokenizer::Tokenizer(const std::string& model_path) : path_(model_path), api_(load_api()) {
+  if (!std::filesystem::is_regular_file(model_path))
+    throw std::runtime_error("cannot load tokenizer " + model_path + ": " +
+                             (std::filesystem::exists(model_path) ? "not a file" : "no such file"));
   char err[512] = {0};
   handle_ = api_->load(model_path.c_str(), err, sizeof(err));
   if (!handle_) throw std::runtime_error("cannot load tokenizer " + model_path + ": " + err);
@@ -82,11 +87,11 @@ std::vector<int> Tokenizer::encode(const std::string& text, bool bos, bool eos) 
   return ids;
 }
 
-std::string Tokenizer::decode(const std::vector<int>& ids) const {
-  for (int id : ids)
-    if (id < 0 || id >= vocab_size())
-      throw std::runtime_error("token id " + std::to_string(id) + " is outside tokenizer " + path_ +
-                               " (" + std::to_string(vocab_size()) + " pieces)");
+std::string Tokenizer::decode(const std::vector<int>& all_ids) const {
+  // Ids without a piece (a checkpoint's extra embedding rows, e.g. an added [PAD]) have no text.
+  std::vector<int> ids;
+  for (int id : all_ids)
+    if (id >= 0 && id < vocab_size()) ids.push_back(id);
   std::string out(ids.size() * 8 + 16, '\0');
   long n = api_->decode(handle_, ids.data(), (int)ids.size(), out.data(), out.size());
   if (n < 0) throw std::runtime_error("tokenizer " + path_ + " failed to decode");

@@ -315,7 +315,8 @@ void apply_override(nlohmann::json& cfg, const std::string& assignment) {
       throw std::runtime_error("--set " + key + ": cannot override an object; set its keys");
     }
   } catch (const std::invalid_argument&) {
-    throw std::runtime_error(bad + std::string("a ") + node->type_name());
+    throw std::runtime_error(bad + (node->is_number_integer() || node->is_number_unsigned() ? std::string("an integer")
+                                                                                           : std::string("a ") + node->type_name()));
   } catch (const std::out_of_range&) {
     throw std::runtime_error(bad + "in range");
   }

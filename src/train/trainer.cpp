@@ -343,11 +343,13 @@ std::map<int, double> Trainer::validate() {
 void Trainer::save_checkpoint(const std::string& dir, bool with_state) {
   OptimizerState state;
   if (with_state) state = opt_->gather_state();
-  if (lead())
+  if (lead()) {
+    require_replaceable_model_dir(dir);
     write_dir_atomically(dir, [&](const std::string& tmp) {
       write_model_files(model_, tmp, tok_path_, dtype_);  // bf16 training saves BF16, like HF checkpoints
       if (with_state) save_trainer_state(tmp, state, step_, dist_->world(), config_);
     });
+  }
   dist_->barrier();
 }
 

@@ -2,7 +2,9 @@
 #include <gtest/gtest.h>
 
 #include "sortedllama/io/checkpoint.h"
+#include "sortedllama/decode/dynamic.h"
 #include "sortedllama/decode/plain.h"
+#include "sortedllama/decode/speculative.h"
 #include "sortedllama/io/tokenizer.h"
 #include "test_util.h"
 
@@ -97,4 +99,64 @@ TEST(Generate, TopPKeepsTheSmallestSetReachingP) {
   EXPECT_NEAR(probs[0][1].item<double>(), 0.375, 1e-6);
   EXPECT_EQ(probs[0][2].item<double>(), 0.0);
   EXPECT_EQ(probs[0][3].item<double>(), 0.0);
+}
+
+// A checkpoint with embedding rows past the tokenizer's pieces (PandaLM-7B: 32001 rows for 32000
+// pieces): generation never chooses those ids, in every decoder, even when they score highest.
+TEST(Generate, RowsPastTheTokenizerAreNeverEmitted) {
+  sl::Llama base = sl::load_model(sl_test::stories_model_dir());
+  sl::ModelConfig c = base->config();
+  c.vocab_size += 8;
+  sl::Llama m(c);
+  {
+    torch::NoGradGuard g;
+    auto src = base->named_parameters();
+    for (auto& p : m->named_parameters()) {
+      if (p.key() != "model.embed_tokens.weight") {
+        p.value().copy_(src[p.key()]);
+        continue;
+      }
+      p.value().narrow(0, 0, 512).copy_(src[p.key()]);
+      p.value().narrow(0, 512, 8).copy_(src[p.key()].narrow(0, 0, 8) * 50);  // tied head: these rows win
+    }
+  }
+  const std::vector<std::vector<int>> prompts = {{1, 403, 261}, {1}};
+  sl::GenerateOptions opt;
+  opt.max_new_tokens = 12;
+  auto unrestricted = sl::generate(m, prompts, opt);
+  ASSERT_GE(*std::max_element(unrestricted[0].tokens.begin(), unrestricted[0].tokens.end()), 512) << "test needs the rows to win";
+  opt.sampling.vocab_limit = 512;
+  auto below = [](const std::vector<sl::Generation>& gens) {
+    for (const auto& g : gens)
+      for (int t : g.tokens)
+        if (t >= 512) return false;
+    return true;
+  };
+  EXPECT_TRUE(below(sl::generate(m, prompts, opt)));
+  sl::SpeculativeOptions so;
+  static_cast<sl::GenerateOptions&>(so) = opt;
+  so.draft_layer = 2;
+  EXPECT_TRUE(below(sl::generate_speculative(m, prompts, so)));
+  sl::DynamicOptions dyn;
+  dyn.max_new_tokens = 12;
+  dyn.sampling.vocab_limit = 512;
+  dyn.thresholds = {{2, 0.0}};
+  EXPECT_TRUE(below(sl::generate_dynamic(m, prompts, dyn)));
+  opt.sampling.temperature = 1.0;
+  EXPECT_TRUE(below(sl::generate(m, prompts, opt)));
+  so.sampling.temperature = 1.0;
+  EXPECT_TRUE(below(sl::generate_speculative(m, prompts, so)));
+}
+
+TEST(Sampling, TopPZeroKeepsTheMostLikelyToken) {
+  torch::manual_seed(3);
+  const torch::Tensor logits = torch::randn({4, 50});
+  sl::SamplingParams p;
+  p.temperature = 1.0;
+  p.top_p = 0.0;
+  const torch::Tensor probs = sl::sampling_probs(logits, p);
+  EXPECT_TRUE(torch::equal(probs.argmax(-1), logits.argmax(-1)));
+  EXPECT_TRUE(torch::allclose(std::get<0>(probs.max(-1)), torch::ones({4})));
+  at::Generator gen = sl::make_generator(1);
+  EXPECT_TRUE(torch::equal(sl::next_tokens(logits, p, gen), logits.argmax(-1)));
 }

@@ -94,11 +94,18 @@ TEST(EvalTriviaqa, PredictionsScoredToKnownNumbers) {
 }
 
 TEST(EvalTriviaqa, FewShotContextIsLmEvalFormat) {
-  std::vector<sl::TriviaQuestion> pool = {{"x", "Who wrote Hamlet", {"Shakespeare", "Will"}}, {"y", "2+2", {"4"}}};
+  std::vector<sl::TriviaQuestion> pool = {{"x", "Who wrote Hamlet", {"Shakespeare", "Will"}, "Shakespeare"},
+                                          {"y", "2+2", {"4"}, "4"}};
   EXPECT_EQ(sl::triviaqa_fewshot(pool, 1, 7, "y"), "Question: Who wrote Hamlet?\nAnswer: Shakespeare\n\n");
   EXPECT_EQ(sl::triviaqa_fewshot(pool, 2, 7, "z").size(),
             std::string("Question: Who wrote Hamlet?\nAnswer: Shakespeare\n\nQuestion: 2+2?\nAnswer: 4\n\n").size());
   expect_error([&] { sl::triviaqa_fewshot(pool, 2, 7, "x"); }, "only 1 usable");
+  // lm-eval's target is answer.aliases[0], which need not be the answer's value.
+  const std::string d = sl_test::temp_dir("fewshot");
+  sl_test::write_file(d + "/hf.jsonl", R"({"question": "Q", "answer": {"value": "Val", "aliases": ["", "First", "Val"]}})" "\n");
+  const auto qs = sl::load_triviaqa(d + "/hf.jsonl");
+  EXPECT_EQ(qs[0].aliases, (std::vector<std::string>{"Val", "First"}));
+  EXPECT_EQ(sl::triviaqa_fewshot(qs, 1, 7, ""), "Question: Q?\nAnswer: First\n\n");
 }
 
 // ---- compare ----

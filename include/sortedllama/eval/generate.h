@@ -28,6 +28,7 @@ struct EvalGenOptions {
   int64_t max_new_tokens = 256;
   int64_t batch_size = 8;
   int64_t eos_id = 2;
+  int64_t vocab_limit = 0;  // > 0: ids the tokenizer can decode (see SamplingParams)
   int draft_layer = 0, draft_tokens = 0;  // speculative (draft_tokens 0 = adaptive)
   std::vector<ExitThreshold> thresholds;  // dynamic; empty = the paper's defaults
   Confidence confidence = Confidence::kMaxProb;

@@ -4,8 +4,8 @@
 // Strings are UTF-8. "Whitespace" is Python's str.isspace set (ASCII \t\n\v\f\r, \x1c-\x1f and
 // space, plus U+0085, U+00A0, U+1680, U+2000-U+200A, U+2028, U+2029, U+202F, U+205F, U+3000),
 // because every reference implementation strips and splits with Python's str methods.
-// Lowercasing follows Python's str.lower for ASCII, Latin-1 Supplement and Latin Extended-A
-// (U+0000-U+017F; U+0130 'İ' becomes "i" + U+0307 as in Python); other scripts are left as is.
+// Lowercasing is Python's str.lower over all of Unicode (a table generated from Python's Unicode
+// database by scripts/gen_unicode_lower.py; U+0130 'İ' becomes "i" + U+0307, final sigma 'ς').
 // Valid multi-byte sequences are never split; invalid bytes pass through unchanged.
 #pragma once
 #include <cstdint>
@@ -53,8 +53,8 @@ QAScore score_triviaqa(const std::string& prediction, const std::vector<std::str
 // ---- Overlap metrics ----
 
 // SQuAD-style token F1 over the space-separated tokens of normalize_official: multiset overlap,
-// P = common/|candidate|, R = common/|reference|, F = 2PR/(P+R). Both sides empty -> 1, one side
-// empty or no overlap -> 0.
+// P = common/|candidate|, R = common/|reference|, F = 2PR/(P+R). An empty side or no overlap -> 0
+// (both empty too, as in the official SQuAD/TriviaQA script).
 double token_f1(const std::string& candidate, const std::string& reference);
 
 // ROUGE-L F-measure as rouge-score computes it (no stemming): tokens are the maximal runs of

@@ -24,7 +24,8 @@ TaskResult eval_loss(Llama& model, const Tokenizer& tok, const std::string& data
 // ---- triviaqa ----
 struct TriviaQuestion {
   std::string id, question;
-  std::vector<std::string> aliases;
+  std::vector<std::string> aliases;  // every accepted answer (value first, repeats dropped)
+  std::string fewshot_target;        // lm-eval's few-shot answer: answer.aliases[0] (HF), else answers[0]
 };
 // JSONL/JSON {question_id?, question, answers: [...]} or HF's {question, answer: {value, aliases}}.
 // Errors name file, line and field; a missing question_id becomes the record index.
@@ -37,9 +38,10 @@ std::string triviaqa_fewshot(const std::vector<TriviaQuestion>& pool, int64_t n,
 // exact_match_official, f1 (means) and n.
 ojson triviaqa_metrics(const std::vector<QAScore>& scores);
 // Greedy answers of every row of the decode mode (max opt.max_new_tokens, cut at "\n" . ,).
+// add_bos: prompts start with BOS; lm-evaluation-harness's HF backend adds none by default.
 TaskResult eval_triviaqa(Llama& model, const Tokenizer& tok, const std::vector<TriviaQuestion>& questions,
                          const std::vector<TriviaQuestion>& fewshot_pool, int64_t num_fewshot,
-                         const std::vector<int>& exits, const EvalGenOptions& opt);
+                         const std::vector<int>& exits, const EvalGenOptions& opt, bool add_bos);
 // Scores pre-generated answers without a model. Each file is JSONL {question_id, prediction, exit?};
 // a record without "exit" takes it from a file name "...exit<k>..." or else 0 (one system). An id
 // not among `questions` or given twice for one exit is an error naming file and line.

@@ -21,7 +21,11 @@ std::string model_tokenizer_path(const std::string& dir);
 void write_model_files(Llama& model, const std::string& dir, const std::string& tokenizer,
                        torch::Dtype dtype = torch::kFloat32, int64_t max_shard_bytes = 5'000'000'000LL);
 
-// Convenience: write_dir_atomically + write_model_files.
+// Throws unless `dir` is absent, empty or a model directory (has config.json): writing a model
+// there replaces it whole, and nothing else the user had may be lost that way.
+void require_replaceable_model_dir(const std::string& dir);
+
+// write_dir_atomically (util/files.h) + write_model_files, after require_replaceable_model_dir.
 void save_model(Llama& model, const std::string& dir, const std::string& tokenizer,
                 torch::Dtype dtype = torch::kFloat32, int64_t max_shard_bytes = 5'000'000'000LL);
 

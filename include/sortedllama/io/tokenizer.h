@@ -19,7 +19,8 @@ class Tokenizer {
 
   // LLaMA prepends BOS to every sequence; EOS is added only for training targets.
   std::vector<int> encode(const std::string& text, bool bos, bool eos = false) const;
-  // Like sentencepiece: byte pieces are merged into UTF-8, the leading space of the first piece dropped.
+  // Like sentencepiece: byte pieces are merged into UTF-8, the leading space of the first piece
+  // dropped. Ids the tokenizer has no piece for decode to nothing.
   std::string decode(const std::vector<int>& ids) const;
   std::string piece(int id) const;
   int vocab_size() const;
