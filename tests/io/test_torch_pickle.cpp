@@ -1,9 +1,11 @@
-// torch.save files through the restricted unpickler: every kind of tensor a state dict holds, zip
-// variants, and hostile files (fixtures: tests/reference/make_torch_fixtures.py).
+// torch.save files through the restricted unpickler: a real pytorch_model.bin against torch.load's
+// reading of it, every kind of tensor a state dict holds, zip variants, and hostile files
+// (fixtures: tests/reference/make_torch_fixtures.py).
 #include <gtest/gtest.h>
 
 #include <filesystem>
 
+#include "sortedllama/io/checkpoint.h"
 #include "sortedllama/io/safetensors.h"
 #include "sortedllama/io/torch_pickle.h"
 #include "test_util.h"
@@ -28,6 +30,27 @@ std::string open_error(const std::string& path) {
   return "";
 }
 }  // namespace
+
+TEST(TorchPickle, TinyRandomPytorchModelBinGivesTorchLoadsLogits) {
+  const std::string dir = sl_test::shared_dir() + "/models/tiny-random-llama-hf";
+  ASSERT_TRUE(fs::exists(dir + "/pytorch_model.bin"));
+  ASSERT_FALSE(fs::exists(dir + "/model.safetensors"));
+  sl::Llama m = sl::load_model(dir);
+  sl::SafetensorsFile ref(fixture("tiny_random_expected.safetensors"));
+  torch::Tensor tokens = expected_tensor(ref, "tokens").unsqueeze(0);
+  torch::NoGradGuard g;
+  const int L = (int)m->config().n_layers;
+  torch::Tensor logits = m->head(m->forward(tokens, {L})[0], L)[0];  // [T, V]
+  ASSERT_EQ(logits.size(1), 32000);
+  torch::Tensor head = expected_tensor(ref, "logits_head");
+  const double head_diff = sl_test::max_abs_diff(logits.narrow(1, 0, head.size(1)), head);
+  const double lse_diff = sl_test::max_abs_diff(torch::logsumexp(logits.to(torch::kFloat64), -1), expected_tensor(ref, "logsumexp"));
+  char measured[96];
+  std::snprintf(measured, sizeof measured, "max |logit diff| %.3g, max |logsumexp diff| %.3g", head_diff, lse_diff);
+  RecordProperty("measured", measured);
+  EXPECT_LT(head_diff, 1e-5);
+  EXPECT_LT(lse_diff, 1e-5);
+}
 
 TEST(TorchPickle, EveryKindOfStoredTensorReadsAsTorchSavedIt) {
   sl::SafetensorsFile ref(fixture("features_expected.safetensors"));
@@ -89,5 +112,18 @@ TEST(TorchPickle, HostileFilesAreRefusedNamingTheFile) {
     const std::string msg = open_error(cut);
     EXPECT_EQ(msg.rfind(cut + ": ", 0), 0u) << keep << ": " << msg;
     EXPECT_NE(msg.find("truncated"), std::string::npos) << keep << ": " << msg;
+  }
+
+  // Through load_model, an HF directory's pytorch_model.bin is named in the error.
+  const std::string model = dir + "/model";
+  fs::create_directories(model);
+  fs::copy_file(sl_test::shared_dir() + "/models/tiny-random-llama-hf/config.json", model + "/config.json");
+  fs::copy_file(fixture("hostile_global.bin"), model + "/pytorch_model.bin");
+  try {
+    sl::load_model(model);
+    ADD_FAILURE() << "hostile pytorch_model.bin loaded";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find(model + "/pytorch_model.bin: "), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("posix.system"), std::string::npos) << e.what();
   }
 }

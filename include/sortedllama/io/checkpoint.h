@@ -1,7 +1,11 @@
 // HF checkpoint directories: config.json + model.safetensors (or shards with an index) +
-// tokenizer.model. Every file is untrusted: errors name the file and the tensor or key.
+// tokenizer.model; without safetensors, torch.save's pytorch_model.bin (or its shards with
+// pytorch_model.bin.index.json) is read (io/torch_pickle.h). Every file is untrusted: errors name
+// the file and the tensor or key.
 #pragma once
 #include <functional>
+#include <map>
+#include <memory>
 #include <string>
 
 #include <torch/torch.h>
@@ -15,6 +19,27 @@ Llama load_model(const std::string& dir, torch::Device device = torch::kCPU, tor
 
 // The tokenizer that belongs to a model directory (DIR/tokenizer.model); throws if absent.
 std::string model_tokenizer_path(const std::string& dir);
+
+class WeightFile;  // one memory-mapped safetensors or torch.save file
+
+// The weights of an HF directory, found by name through the shard index (or in the single file)
+// and mapped when first asked for.
+class HFWeights {
+ public:
+  explicit HFWeights(const std::string& dir);  // reads the index; throws if the directory has no weights
+  ~HFWeights();
+  // The tensor as stored (its own dtype), viewing the mapping; throws naming the file and the tensor
+  // when it is missing or its shape differs from `shape`, which `source` (a path) implies.
+  torch::Tensor get(const std::string& name, c10::IntArrayRef shape, const std::string& source);
+  // Warns about each tensor of the checkpoint for which `used` is false: nothing is dropped silently.
+  void warn_unused(const std::function<bool(const std::string&)>& used);
+
+ private:
+  WeightFile& file_of(const std::string& name);
+  std::string dir_, index_, single_;             // index path, or the single file's name
+  std::map<std::string, std::string> map_;       // tensor -> file name, from the index
+  std::map<std::string, std::unique_ptr<WeightFile>> open_;
+};
 
 // Writes config.json and the weights (as `dtype`, sharded past max_shard_bytes, with
 // model.safetensors.index.json) into an existing directory; copies `tokenizer` when non-empty.
