@@ -177,9 +177,8 @@ Llama load_model(const std::string& dir, torch::Device device, torch::Dtype dtyp
   return model;
 }
 
-void write_model_files(Llama& model, const std::string& dir, const std::string& tokenizer, torch::Dtype dtype,
-                       int64_t max_shard_bytes) {
-  ModelConfig cfg = model->config();
+void write_hf_files(ModelConfig cfg, const std::vector<TensorSource>& tensors, const std::string& dir,
+                    const std::string& tokenizer, torch::Dtype dtype, int64_t max_shard_bytes) {
   cfg.torch_dtype = config_dtype_name(dtype);
   {
     std::ofstream f(dir + "/config.json");
@@ -187,12 +186,12 @@ void write_model_files(Llama& model, const std::string& dir, const std::string& 
     if (!f) throw std::runtime_error(dir + "/config.json: write failed");
   }
   // Plan shards first so that every file name carries the total count.
-  auto params = model->named_parameters();
   const int64_t esize = (int64_t)dtype_size(safetensors_dtype(dtype));
   std::vector<std::vector<size_t>> shards(1);
   int64_t shard_bytes = 0, total = 0;
-  for (size_t i = 0; i < params.size(); ++i) {
-    int64_t bytes = params[i].value().numel() * esize;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    int64_t bytes = esize;
+    for (int64_t d : tensors[i].shape) bytes *= d;
     if (shard_bytes > 0 && shard_bytes + bytes > max_shard_bytes) {
       shards.emplace_back();
       shard_bytes = 0;
@@ -212,12 +211,13 @@ void write_model_files(Llama& model, const std::string& dir, const std::string& 
     std::vector<torch::Tensor> keep;  // CPU copies of this shard only
     std::vector<TensorBlob> blobs;
     for (size_t i : shards[s]) {
-      torch::Tensor t = params[i].value().detach().to(torch::kCPU, dtype).contiguous();
+      const TensorSource& src = tensors[i];
+      torch::Tensor t = src.make().detach().to(torch::kCPU, dtype).contiguous();
+      if (t.sizes() != c10::IntArrayRef(src.shape))
+        throw std::runtime_error(src.name + ": made with shape " + shape_str(t.sizes()) + ", not " + shape_str(src.shape));
       keep.push_back(t);
-      blobs.push_back({params[i].key(), safetensors_dtype(dtype),
-                       std::vector<int64_t>(t.sizes().begin(), t.sizes().end()), t.data_ptr(),
-                       (size_t)(t.numel() * esize)});
-      weight_map[params[i].key()] = fname;
+      blobs.push_back({src.name, safetensors_dtype(dtype), src.shape, t.data_ptr(), (size_t)(t.numel() * esize)});
+      weight_map[src.name] = fname;
     }
     write_safetensors(dir + "/" + fname, blobs);
   }
@@ -232,6 +232,16 @@ void write_model_files(Llama& model, const std::string& dir, const std::string& 
     fs::copy_file(tokenizer, dst, fs::copy_options::overwrite_existing);
     fs::permissions(dst, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read | fs::perms::others_read);
   }
+}
+
+void write_model_files(Llama& model, const std::string& dir, const std::string& tokenizer, torch::Dtype dtype,
+                       int64_t max_shard_bytes) {
+  std::vector<TensorSource> tensors;
+  for (auto& p : model->named_parameters()) {
+    torch::Tensor t = p.value();
+    tensors.push_back({p.key(), t.sizes().vec(), [t] { return t; }});
+  }
+  write_hf_files(model->config(), tensors, dir, tokenizer, dtype, max_shard_bytes);
 }
 
 void save_model(Llama& model, const std::string& dir, const std::string& tokenizer, torch::Dtype dtype,

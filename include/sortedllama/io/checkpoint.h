@@ -7,6 +7,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <torch/torch.h>
 
@@ -41,8 +42,21 @@ class HFWeights {
   std::map<std::string, std::unique_ptr<WeightFile>> open_;
 };
 
-// Writes config.json and the weights (as `dtype`, sharded past max_shard_bytes, with
+// A tensor to write and how to make it: make() runs while the tensor's shard is written, so that
+// one shard at a time is in memory; it must return a tensor of `shape`.
+struct TensorSource {
+  std::string name;
+  std::vector<int64_t> shape;
+  std::function<torch::Tensor()> make;
+};
+
+// Writes config.json and the tensors (as `dtype`, sharded past max_shard_bytes, with
 // model.safetensors.index.json) into an existing directory; copies `tokenizer` when non-empty.
+void write_hf_files(ModelConfig cfg, const std::vector<TensorSource>& tensors, const std::string& dir,
+                    const std::string& tokenizer, torch::Dtype dtype = torch::kFloat32,
+                    int64_t max_shard_bytes = 5'000'000'000LL);
+
+// write_hf_files of a model's parameters.
 void write_model_files(Llama& model, const std::string& dir, const std::string& tokenizer,
                        torch::Dtype dtype = torch::kFloat32, int64_t max_shard_bytes = 5'000'000'000LL);
 
