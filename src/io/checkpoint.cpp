@@ -11,6 +11,7 @@
 #include <spdlog/spdlog.h>
 
 #include "sortedllama/io/safetensors.h"
+#include "sortedllama/io/torch_pickle.h"
 #include "sortedllama/util/files.h"
 
 namespace fs = std::filesystem;
@@ -53,30 +54,100 @@ nlohmann::json read_json(const std::string& path) {
   }
 }
 
-// tensor name -> file name, from the shard index or the single model.safetensors.
-std::map<std::string, std::string> weight_files(const std::string& dir) {
-  const std::string index = dir + "/model.safetensors.index.json";
-  if (fs::exists(index)) {
+}  // namespace
+
+// One weights file of either format, memory-mapped; tensors are views of its bytes as stored.
+class WeightFile {
+ public:
+  explicit WeightFile(const std::string& path) {
+    if (fs::path(path).extension() == ".safetensors")
+      st_ = std::make_unique<SafetensorsFile>(path);
+    else
+      pt_ = std::make_unique<TorchFile>(path);
+  }
+  const std::string& path() const { return st_ ? st_->path() : pt_->path(); }
+  std::vector<std::string> names() const {
+    if (pt_) return pt_->names();
+    std::vector<std::string> out;
+    for (auto& entry : st_->tensors()) out.push_back(entry.first);
+    return out;
+  }
+  // Throws naming the file and the tensor when it is absent or not floating point.
+  torch::Tensor tensor(const std::string& name) const {
+    if (pt_) return pt_->tensor(name);
+    const TensorView& t = st_->at(name);
+    auto dtype = torch_dtype_of(t.dtype, st_->path(), name);
+    if (reinterpret_cast<uintptr_t>(t.data) % dtype_size(t.dtype) == 0)
+      return torch::from_blob(const_cast<uint8_t*>(t.data), t.shape, torch::dtype(dtype));
+    // Misaligned data: copy the bytes before viewing them as numbers.
+    torch::Tensor copy = torch::empty(t.shape, torch::dtype(dtype));
+    std::memcpy(copy.data_ptr(), t.data, t.nbytes);
+    return copy;
+  }
+
+ private:
+  std::unique_ptr<SafetensorsFile> st_;
+  std::unique_ptr<TorchFile> pt_;
+};
+
+// safetensors come first; torch.save's pytorch_model.bin is read when a directory has none.
+HFWeights::HFWeights(const std::string& dir) : dir_(dir) {
+  for (const char* base : {"model.safetensors", "pytorch_model.bin"}) {
+    const std::string index = dir + "/" + base + ".index.json";
+    if (!fs::exists(index)) {
+      if (!fs::exists(dir + "/" + base)) continue;
+      single_ = base;
+      return;
+    }
+    index_ = index;
     nlohmann::json j = read_json(index);
     if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
       throw std::runtime_error(index + ": missing \"weight_map\" object");
-    std::map<std::string, std::string> map;
     for (auto& [name, file] : j["weight_map"].items()) {
       if (!file.is_string()) throw std::runtime_error(index + ": weight_map entry " + name + " is not a file name");
       std::string f = file.get<std::string>();
       if (f.empty() || f.find('/') != std::string::npos || f == "." || f == "..")
         throw std::runtime_error(index + ": weight_map entry " + name + " names \"" + f + "\", not a file in " + dir);
-      map[name] = f;
+      map_[name] = f;
     }
-    return map;
+    return;
   }
-  if (fs::exists(dir + "/model.safetensors")) return {};  // empty map = everything in model.safetensors
-  if (fs::exists(dir + "/pytorch_model.bin") || fs::exists(dir + "/pytorch_model.bin.index.json"))
-    throw std::runtime_error(dir + ": holds pytorch_model.bin (pickle), which is not read for safety; resave it as "
-                             "safetensors (transformers: save_pretrained(dir, safe_serialization=True))");
-  throw std::runtime_error(dir + ": no model.safetensors or model.safetensors.index.json");
+  throw std::runtime_error(dir + ": no model.safetensors, model.safetensors.index.json, pytorch_model.bin or "
+                           "pytorch_model.bin.index.json");
 }
-}  // namespace
+
+HFWeights::~HFWeights() = default;
+
+WeightFile& HFWeights::file_of(const std::string& name) {
+  std::string f = single_;
+  if (!index_.empty()) {
+    auto it = map_.find(name);
+    if (it == map_.end()) throw std::runtime_error(index_ + ": missing tensor " + name);
+    f = it->second;
+  }
+  auto& slot = open_[f];
+  if (!slot) slot = std::make_unique<WeightFile>(dir_ + "/" + f);
+  return *slot;
+}
+
+torch::Tensor HFWeights::get(const std::string& name, c10::IntArrayRef shape, const std::string& source) {
+  const WeightFile& f = file_of(name);
+  torch::Tensor t = f.tensor(name);
+  if (t.sizes() != shape)
+    throw std::runtime_error(f.path() + ": tensor " + name + " has shape " + shape_str(t.sizes()) + " but " + source +
+                             " implies " + shape_str(shape));
+  return t;
+}
+
+void HFWeights::warn_unused(const std::function<bool(const std::string&)>& used) {
+  if (index_.empty()) {
+    const WeightFile& f = file_of("");
+    for (const std::string& name : f.names())
+      if (!used(name)) spdlog::warn("{}: ignoring unexpected tensor {}", f.path(), name);
+  }
+  for (auto& entry : map_)
+    if (!used(entry.first)) spdlog::warn("{}: ignoring unexpected tensor {}", index_, entry.first);
+}
 
 std::string model_tokenizer_path(const std::string& dir) {
   std::string p = dir + "/tokenizer.model";
@@ -89,59 +160,25 @@ Llama load_model(const std::string& dir, torch::Device device, torch::Dtype dtyp
   const std::string config_path = dir + "/config.json";
   if (!fs::exists(config_path)) throw std::runtime_error(dir + ": no config.json");
   ModelConfig cfg = ModelConfig::from_file(config_path);
-  auto map = weight_files(dir);
+  HFWeights weights(dir);
 
   Llama model(cfg);
   model->to(device, dtype);
   torch::NoGradGuard no_grad;
-  std::map<std::string, std::unique_ptr<SafetensorsFile>> open;  // file name -> mapping
-  auto file = [&](const std::string& name) -> SafetensorsFile& {
-    std::string f = "model.safetensors";
-    if (!map.empty()) {
-      auto it = map.find(name);
-      if (it == map.end())
-        throw std::runtime_error(dir + "/model.safetensors.index.json: missing tensor " + name);
-      f = it->second;
-    }
-    auto& slot = open[f];
-    if (!slot) slot = std::make_unique<SafetensorsFile>(dir + "/" + f);
-    return *slot;
-  };
-  for (auto& p : model->named_parameters()) {
-    const std::string& name = p.key();
-    SafetensorsFile& sf = file(name);
-    const TensorView& t = sf.at(name);
-    torch::Tensor dst = p.value();
-    if (c10::IntArrayRef(t.shape) != dst.sizes())
-      throw std::runtime_error(sf.path() + ": tensor " + name + " has shape " + shape_str(t.shape) + " but " +
-                               config_path + " implies " + shape_str(dst.sizes()));
-    auto src_dtype = torch_dtype_of(t.dtype, sf.path(), name);
-    torch::Tensor src;
-    if (reinterpret_cast<uintptr_t>(t.data) % dtype_size(t.dtype) == 0) {
-      src = torch::from_blob(const_cast<uint8_t*>(t.data), t.shape, torch::dtype(src_dtype));
-    } else {  // misaligned data: copy the bytes before viewing them as numbers
-      src = torch::empty(t.shape, torch::dtype(src_dtype));
-      std::memcpy(src.data_ptr(), t.data, t.nbytes);
-    }
-    dst.copy_(src);
-  }
-  // Tensors nobody asked for are reported, not silently dropped (older HF files carry inv_freq).
   auto params = model->named_parameters();
-  auto check_expected = [&](const std::string& name, const std::string& where) {
-    if (!params.contains(name) && name.find("rotary_emb.inv_freq") == std::string::npos &&
-        !(cfg.tie_embeddings && name == "lm_head.weight"))
-      spdlog::warn("{}: ignoring unexpected tensor {}", where, name);
-  };
-  if (map.empty())
-    for (auto& entry : open.begin()->second->tensors()) check_expected(entry.first, open.begin()->second->path());
-  for (auto& entry : map) check_expected(entry.first, dir + "/model.safetensors.index.json");
+  // The one copy: from the mapping into the parameter's dtype and device.
+  for (auto& p : params) p.value().copy_(weights.get(p.key(), p.value().sizes(), config_path));
+  // Older HF files carry the rotary inv_freq buffers, which are recomputed.
+  weights.warn_unused([&](const std::string& name) {
+    return params.contains(name) || name.find("rotary_emb.inv_freq") != std::string::npos ||
+           (cfg.tie_embeddings && name == "lm_head.weight");
+  });
   model->eval();
   return model;
 }
 
-void write_model_files(Llama& model, const std::string& dir, const std::string& tokenizer, torch::Dtype dtype,
-                       int64_t max_shard_bytes) {
-  ModelConfig cfg = model->config();
+void write_hf_files(ModelConfig cfg, const std::vector<TensorSource>& tensors, const std::string& dir,
+                    const std::string& tokenizer, torch::Dtype dtype, int64_t max_shard_bytes) {
   cfg.torch_dtype = config_dtype_name(dtype);
   {
     std::ofstream f(dir + "/config.json");
@@ -149,12 +186,12 @@ void write_model_files(Llama& model, const std::string& dir, const std::string& 
     if (!f) throw std::runtime_error(dir + "/config.json: write failed");
   }
   // Plan shards first so that every file name carries the total count.
-  auto params = model->named_parameters();
   const int64_t esize = (int64_t)dtype_size(safetensors_dtype(dtype));
   std::vector<std::vector<size_t>> shards(1);
   int64_t shard_bytes = 0, total = 0;
-  for (size_t i = 0; i < params.size(); ++i) {
-    int64_t bytes = params[i].value().numel() * esize;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    int64_t bytes = esize;
+    for (int64_t d : tensors[i].shape) bytes *= d;
     if (shard_bytes > 0 && shard_bytes + bytes > max_shard_bytes) {
       shards.emplace_back();
       shard_bytes = 0;
@@ -174,12 +211,13 @@ void write_model_files(Llama& model, const std::string& dir, const std::string& 
     std::vector<torch::Tensor> keep;  // CPU copies of this shard only
     std::vector<TensorBlob> blobs;
     for (size_t i : shards[s]) {
-      torch::Tensor t = params[i].value().detach().to(torch::kCPU, dtype).contiguous();
+      const TensorSource& src = tensors[i];
+      torch::Tensor t = src.make().detach().to(torch::kCPU, dtype).contiguous();
+      if (t.sizes() != c10::IntArrayRef(src.shape))
+        throw std::runtime_error(src.name + ": made with shape " + shape_str(t.sizes()) + ", not " + shape_str(src.shape));
       keep.push_back(t);
-      blobs.push_back({params[i].key(), safetensors_dtype(dtype),
-                       std::vector<int64_t>(t.sizes().begin(), t.sizes().end()), t.data_ptr(),
-                       (size_t)(t.numel() * esize)});
-      weight_map[params[i].key()] = fname;
+      blobs.push_back({src.name, safetensors_dtype(dtype), src.shape, t.data_ptr(), (size_t)(t.numel() * esize)});
+      weight_map[src.name] = fname;
     }
     write_safetensors(dir + "/" + fname, blobs);
   }
@@ -194,6 +232,16 @@ void write_model_files(Llama& model, const std::string& dir, const std::string& 
     fs::copy_file(tokenizer, dst, fs::copy_options::overwrite_existing);
     fs::permissions(dst, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read | fs::perms::others_read);
   }
+}
+
+void write_model_files(Llama& model, const std::string& dir, const std::string& tokenizer, torch::Dtype dtype,
+                       int64_t max_shard_bytes) {
+  std::vector<TensorSource> tensors;
+  for (auto& p : model->named_parameters()) {
+    torch::Tensor t = p.value();
+    tensors.push_back({p.key(), t.sizes().vec(), [t] { return t; }});
+  }
+  write_hf_files(model->config(), tensors, dir, tokenizer, dtype, max_shard_bytes);
 }
 
 void require_replaceable_model_dir(const std::string& dir) {

@@ -1,12 +1,18 @@
 #include "sortedllama/io/convert.h"
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 #include <spdlog/spdlog.h>
 
 #include "sortedllama/io/checkpoint.h"
 #include "sortedllama/io/tokenizer.h"
+#include "sortedllama/io/torch_pickle.h"
+#include "sortedllama/util/files.h"
+
+namespace fs = std::filesystem;
 
 namespace sl {
 
@@ -15,6 +21,64 @@ namespace {
 torch::Tensor permute_rope_rows(const torch::Tensor& w, int64_t heads, int64_t dim_in) {
   const int64_t hd = w.size(0) / heads;
   return w.view({heads, hd / 2, 2, dim_in}).transpose(1, 2).reshape({heads * hd, dim_in});
+}
+
+// An HF tensor, and where Meta's checkpoint keeps it (an ICT head has no Meta counterpart).
+struct HFTensor {
+  std::string hf, meta;
+  std::vector<int64_t> shape;  // HF shape
+  int split;                   // dimension the shards split, -1 = every shard holds a copy
+  int64_t rope_heads;          // > 0: rows to permute from interleaved to rotate-half, per head
+};
+
+// HF tensors in the order Llama registers its parameters, so that imports write the same files as
+// save_model; with their Meta names and how tensor parallelism split them (Meta's model.py: column-
+// parallel wq/wk/wv/w1/w3/output split rows, row-parallel wo/w2 and the embeddings split columns).
+std::vector<HFTensor> hf_tensors(const ModelConfig& c) {
+  const int64_t D = c.dim, I = c.hidden_dim, V = c.vocab_size, hd = c.head_dim();
+  std::vector<HFTensor> t = {{"model.embed_tokens.weight", "tok_embeddings.weight", {V, D}, 1, 0}};
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const std::string hf = "model.layers." + std::to_string(l) + ".", meta = "layers." + std::to_string(l) + ".";
+    t.push_back({hf + "self_attn.q_proj.weight", meta + "attention.wq.weight", {c.n_heads * hd, D}, 0, c.n_heads});
+    t.push_back({hf + "self_attn.k_proj.weight", meta + "attention.wk.weight", {c.n_kv_heads * hd, D}, 0, c.n_kv_heads});
+    t.push_back({hf + "self_attn.v_proj.weight", meta + "attention.wv.weight", {c.n_kv_heads * hd, D}, 0, 0});
+    t.push_back({hf + "self_attn.o_proj.weight", meta + "attention.wo.weight", {D, c.n_heads * hd}, 1, 0});
+    t.push_back({hf + "mlp.gate_proj.weight", meta + "feed_forward.w1.weight", {I, D}, 0, 0});
+    t.push_back({hf + "mlp.up_proj.weight", meta + "feed_forward.w3.weight", {I, D}, 0, 0});
+    t.push_back({hf + "mlp.down_proj.weight", meta + "feed_forward.w2.weight", {D, I}, 1, 0});
+    t.push_back({hf + "input_layernorm.weight", meta + "attention_norm.weight", {D}, -1, 0});
+    t.push_back({hf + "post_attention_layernorm.weight", meta + "ffn_norm.weight", {D}, -1, 0});
+  }
+  t.push_back({"model.norm.weight", "norm.weight", {D}, -1, 0});
+  if (!c.tie_embeddings) t.push_back({"lm_head.weight", "output.weight", {V, D}, 0, 0});
+  for (int e : c.ict_exits) t.push_back({"ict_heads." + std::to_string(e) + ".weight", "", {V, D}, -1, 0});
+  return t;
+}
+
+nlohmann::json read_json(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) throw std::runtime_error("cannot open " + path);
+  try {
+    return nlohmann::json::parse(f);
+  } catch (const nlohmann::json::parse_error& e) {
+    throw std::runtime_error(path + ": malformed JSON: " + e.what());
+  }
+}
+
+// More embedding rows than pieces is fine (an added padding token); fewer is not.
+void check_tokenizer_fits(const Tokenizer& tok, int64_t rows, const std::string& weights) {
+  if (tok.vocab_size() > rows)
+    throw std::runtime_error(tok.path() + " has " + std::to_string(tok.vocab_size()) + " pieces but " + weights +
+                             " has only " + std::to_string(rows) + " embedding rows");
+}
+
+void take_special_ids(const Tokenizer& tok, ModelConfig& cfg) {
+  cfg.bos_id = tok.bos_id() >= 0 ? tok.bos_id() : 1;
+  cfg.eos_id = tok.eos_id() >= 0 ? tok.eos_id() : 2;
+}
+
+torch::Dtype weight_dtype(const std::string& config_name) {
+  return config_name == "bfloat16" ? torch::kBFloat16 : config_name == "float16" ? torch::kFloat16 : torch::kFloat32;
 }
 }  // namespace
 
@@ -65,11 +129,8 @@ void convert_llama2c(const std::string& bin_path, const std::string& tokenizer, 
   torch::Tensor wcls = cfg.tie_embeddings ? emb : read({V, D});
 
   Tokenizer tok(tokenizer);
-  if (tok.vocab_size() > V)
-    throw std::runtime_error(tokenizer + " has " + std::to_string(tok.vocab_size()) + " pieces but " + bin_path +
-                             " has only " + std::to_string(V) + " embedding rows");
-  cfg.bos_id = tok.bos_id() >= 0 ? tok.bos_id() : 1;
-  cfg.eos_id = tok.eos_id() >= 0 ? tok.eos_id() : 2;
+  check_tokenizer_fits(tok, V, bin_path);
+  take_special_ids(tok, cfg);
 
   Llama model(cfg);
   torch::NoGradGuard no_grad;
@@ -92,6 +153,146 @@ void convert_llama2c(const std::string& bin_path, const std::string& tokenizer, 
   save_model(model, out_dir, tokenizer);
   spdlog::info("converted {} ({} layers, dim {}, {} heads / {} KV heads, vocab {}) to {}", bin_path, L, D,
                cfg.n_heads, cfg.n_kv_heads, V, out_dir);
+}
+
+void convert_meta(const std::string& dir, const std::string& tokenizer, const std::string& out_dir) {
+  if (!fs::is_directory(dir)) throw std::runtime_error(dir + ": not a directory of params.json and consolidated.NN.pth");
+  const std::string params_path = dir + "/params.json";
+  if (!fs::exists(params_path)) throw std::runtime_error(dir + ": no params.json");
+  const nlohmann::json p = read_json(params_path);
+  if (!p.is_object()) throw std::runtime_error(params_path + ": expected a JSON object");
+  // Defaults are those of Meta's ModelArgs; a NaN default marks a key that must be present.
+  const double required = std::nan("");
+  auto value = [&](const char* key, double fallback, double cap, bool integer) {
+    if (!p.contains(key) || p[key].is_null()) {
+      if (std::isnan(fallback)) throw std::runtime_error(params_path + ": missing required key \"" + key + "\"");
+      return fallback;
+    }
+    const nlohmann::json& v = p[key];
+    if (integer ? !v.is_number_integer() : !v.is_number())
+      throw std::runtime_error(params_path + ": \"" + key + "\" is " + v.dump() + ", not " + (integer ? "an integer" : "a number"));
+    const double x = v.get<double>();
+    if (x > cap) throw std::runtime_error(params_path + ": \"" + key + "\" = " + v.dump() + " is implausibly large");
+    return x;
+  };
+  ModelConfig cfg;
+  cfg.dim = (int64_t)value("dim", required, 1 << 17, true);
+  cfg.n_layers = (int64_t)value("n_layers", required, 1 << 10, true);
+  cfg.n_heads = (int64_t)value("n_heads", required, 1 << 10, true);
+  cfg.n_kv_heads = (int64_t)value("n_kv_heads", (double)cfg.n_heads, 1 << 10, true);
+  const int64_t vocab = (int64_t)value("vocab_size", -1, 1 << 22, true);
+  const int64_t multiple_of = (int64_t)value("multiple_of", 256, 1 << 17, true);
+  const double ffn_multiplier = value("ffn_dim_multiplier", 1.0, 64, false);
+  cfg.norm_eps = value("norm_eps", 1e-5, 1, false);
+  cfg.rope_theta = value("rope_theta", 10000.0, 1e12, false);
+  cfg.max_seq_len = 4096;  // LLaMA 2's context; params.json does not record it
+  if (multiple_of <= 0 || !(ffn_multiplier > 0))
+    throw std::runtime_error(params_path + ": \"multiple_of\" and \"ffn_dim_multiplier\" must be positive");
+  if (cfg.dim <= 0) throw std::runtime_error(params_path + ": \"dim\" must be positive");
+  // Meta's FeedForward (and HF's converter): int(2 * 4 * dim / 3), scaled, rounded up to multiple_of.
+  const int64_t hidden = (int64_t)(ffn_multiplier * (double)(8 * cfg.dim / 3));
+  cfg.hidden_dim = multiple_of * ((hidden + multiple_of - 1) / multiple_of);
+
+  // consolidated.00.pth .. consolidated.NN.pth, numbered without gaps.
+  std::map<int, std::string> numbered;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const std::string name = e.path().filename().string();
+    if (name.size() < 18 || name.rfind("consolidated.", 0) != 0 || name.compare(name.size() - 4, 4, ".pth") != 0) continue;
+    const std::string digits = name.substr(13, name.size() - 17);
+    if (digits.size() > 4 || digits.find_first_not_of("0123456789") != std::string::npos) continue;
+    auto [it, fresh] = numbered.emplace(std::stoi(digits), e.path().string());
+    if (!fresh) throw std::runtime_error(dir + ": both " + it->second + " and " + name + " claim shard " + digits);
+  }
+  if (numbered.empty()) throw std::runtime_error(dir + ": no consolidated.00.pth");
+  std::vector<std::unique_ptr<TorchFile>> shards;
+  for (int i = 0; i < (int)numbered.size(); ++i) {
+    if (!numbered.count(i))
+      throw std::runtime_error(dir + ": " + std::to_string(numbered.size()) + " consolidated.NN.pth files, but shard " +
+                               std::to_string(i) + " of them is missing");
+    shards.push_back(std::make_unique<TorchFile>(numbered[i]));
+  }
+  const int64_t n = (int64_t)shards.size();
+
+  Tokenizer tok(tokenizer);
+  cfg.vocab_size = vocab == -1 ? tok.vocab_size() : vocab;
+  check_tokenizer_fits(tok, cfg.vocab_size, params_path);
+  take_special_ids(tok, cfg);
+  cfg.validate(params_path);
+  // Written in the checkpoint's own precision (Meta's are bf16); float64 as float32.
+  torch::Dtype dtype = shards[0]->tensor("tok_embeddings.weight").scalar_type();
+  if (dtype == torch::kFloat64) dtype = torch::kFloat32;
+
+  std::set<std::string> used = {"rope.freqs"};  // LLaMA 1's rotary table: recomputed
+  std::vector<TensorSource> sources;
+  for (const HFTensor& t : hf_tensors(cfg)) {
+    used.insert(t.meta);
+    std::vector<int64_t> part = t.shape;  // what each shard holds
+    if (t.split >= 0) {
+      if (part[t.split] % n != 0 || (t.rope_heads > 0 && t.rope_heads % n != 0))
+        throw std::runtime_error(params_path + ": " + t.meta + " of shape " + c10::str(c10::IntArrayRef(t.shape)) +
+                                 " cannot be split over " + std::to_string(n) + " shards");
+      part[t.split] /= n;
+    }
+    sources.push_back({t.hf, t.shape, [&, t, part] {
+      torch::Tensor out = torch::empty(t.shape, torch::dtype(dtype));
+      for (int64_t s = 0; s < (t.split < 0 ? 1 : n); ++s) {  // a replicated tensor is read from shard 0
+        torch::Tensor src = shards[s]->tensor(t.meta);
+        if (src.sizes() != c10::IntArrayRef(part))
+          throw std::runtime_error(shards[s]->path() + ": tensor " + t.meta + " has shape " + c10::str(src.sizes()) +
+                                   " but " + params_path + " implies " + c10::str(c10::IntArrayRef(part)) +
+                                   (n > 1 ? " in each of " + std::to_string(n) + " shards" : ""));
+        if (t.split < 0) {
+          out.copy_(src);
+        } else if (t.rope_heads == 0) {
+          out.narrow(t.split, s * part[t.split], part[t.split]).copy_(src);
+        } else {
+          // This shard's heads of `out` seen in Meta's interleaved row order: the permutation that
+          // permute_rope_rows makes, as a view, so the rows are copied once.
+          const int64_t h = t.rope_heads / n, hd = cfg.head_dim(), D = t.shape[1];
+          out.view({t.rope_heads, 2, hd / 2, D}).transpose(1, 2).narrow(0, s * h, h).copy_(src.reshape({h, hd / 2, 2, D}));
+        }
+      }
+      return out;
+    }});
+  }
+  for (const auto& shard : shards)
+    for (const std::string& name : shard->names())
+      if (!used.count(name)) spdlog::warn("{}: ignoring unexpected tensor {}", shard->path(), name);
+  require_replaceable_model_dir(out_dir);
+  write_dir_atomically(out_dir, [&](const std::string& tmp) { write_hf_files(cfg, sources, tmp, tokenizer, dtype); });
+  spdlog::info("converted {} ({} shard{}, {} layers, dim {}, {} heads / {} KV heads, FFN {}, vocab {}) to {}", dir, n,
+               n > 1 ? "s" : "", cfg.n_layers, cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.hidden_dim, cfg.vocab_size,
+               out_dir);
+}
+
+void convert_hf_bin(const std::string& dir, const std::string& tokenizer, const std::string& out_dir) {
+  if (!fs::is_directory(dir)) throw std::runtime_error(dir + ": not a model directory");
+  if (fs::exists(dir + "/model.safetensors") || fs::exists(dir + "/model.safetensors.index.json"))
+    throw std::runtime_error(dir + ": already holds safetensors weights, which load as they are");
+  if (!fs::exists(dir + "/pytorch_model.bin") && !fs::exists(dir + "/pytorch_model.bin.index.json"))
+    throw std::runtime_error(dir + ": no pytorch_model.bin or pytorch_model.bin.index.json");
+  const std::string config_path = dir + "/config.json";
+  if (!fs::exists(config_path)) throw std::runtime_error(dir + ": no config.json");
+  const ModelConfig cfg = ModelConfig::from_file(config_path);
+  check_tokenizer_fits(Tokenizer(tokenizer), cfg.vocab_size, config_path);
+
+  HFWeights weights(dir);
+  std::set<std::string> used;
+  std::vector<TensorSource> sources;
+  for (const HFTensor& t : hf_tensors(cfg)) {
+    used.insert(t.hf);
+    sources.push_back({t.hf, t.shape, [&weights, &config_path, t] { return weights.get(t.hf, t.shape, config_path); }});
+  }
+  // Older HF files carry the rotary inv_freq buffers, which are recomputed.
+  weights.warn_unused([&](const std::string& name) {
+    return used.count(name) || name.find("rotary_emb.inv_freq") != std::string::npos ||
+           (cfg.tie_embeddings && name == "lm_head.weight");
+  });
+  require_replaceable_model_dir(out_dir);
+  write_dir_atomically(out_dir,
+                       [&](const std::string& tmp) { write_hf_files(cfg, sources, tmp, tokenizer, weight_dtype(cfg.torch_dtype)); });
+  spdlog::info("converted {} ({} layers, dim {}, vocab {}, {}) to {}", dir, cfg.n_layers, cfg.dim, cfg.vocab_size,
+               cfg.torch_dtype, out_dir);
 }
 
 }  // namespace sl
