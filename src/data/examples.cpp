@@ -41,7 +41,10 @@ Example record_example(const json& r, const Tokenizer& tok, const DataOptions& o
   if (o.format == "triviaqa") {
     const std::string question = required_string(r, "question");
     std::vector<std::string> aliases = triviaqa_aliases(r);
-    const std::string& answer = aliases[std::min<size_t>(o.answer_alias, aliases.size() - 1)];
+    if ((size_t)o.answer_alias >= aliases.size())
+      throw BadRecord("has " + std::to_string(aliases.size()) + " non-empty alias(es); data.answer_alias " +
+                      std::to_string(o.answer_alias) + " is past them");
+    const std::string& answer = aliases[(size_t)o.answer_alias];
     return make_example(tok, triviaqa_prompt(question), " " + answer, o, st);
   }
   return make_example(tok, "", required_string(r, "text"), o, st);

@@ -111,6 +111,9 @@ void Trainer::plan_method() {
     model_->add_ict_heads(exits_);
   }
   weights_ = exit_weights_in_exit_order(L);
+  if (o_.exit_sample > (int64_t)exits_.size())
+    throw std::runtime_error("config key \"exit_sample\" (" + std::to_string(o_.exit_sample) + ") is more than the " +
+                             std::to_string(exits_.size()) + " exits (" + format_exits(exits_) + ")");
   for (auto& p : model_->named_parameters()) {
     const bool train = o_.method != Method::kIct || p.key().rfind("ict_heads.", 0) == 0;
     p.value().set_requires_grad(train);

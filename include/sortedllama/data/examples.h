@@ -16,7 +16,7 @@ struct DataOptions {
   int64_t max_seq_len = 512;           // sequences (BOS..EOS) are cut to this many tokens
   bool train_on_prompt = false;        // also put loss on prompt tokens (never on BOS)
   std::string on_bad_record = "fail";  // fail | skip
-  int answer_alias = 0;                // triviaqa: which non-empty alias is the target (clamped to the last)
+  int answer_alias = 0;                // triviaqa: which non-empty alias is the target (a record with fewer is bad)
 };
 
 struct Example {
