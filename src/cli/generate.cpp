@@ -130,11 +130,8 @@ std::vector<std::string> read_prompts(const std::string& path) {
   return prompts;
 }
 
-void run_generate(GenerateArgs a, const GlobalOptions& g) {
-  if (a.prompt_given == !a.prompt_file.empty())
-    throw std::runtime_error("generate needs exactly one of --prompt and --prompt-file");
-  std::vector<std::string> prompts = a.prompt_given ? std::vector<std::string>{a.prompt} : read_prompts(a.prompt_file);
-  LoadedModel m = load_model_and_tokenizer(a.model, a.tokenizer, g);
+// The decoding options the arguments ask for, checked against the model.
+GenerateOptions plan_options(GenerateArgs& a, const LoadedModel& m) {
   const auto& cfg = m.model->config();
   if (a.exit_layer_given && (a.exit_layer < 1 || a.exit_layer > cfg.n_layers))
     throw std::runtime_error("--exit-layer " + std::to_string(a.exit_layer) + " is outside the model's 1.." +
@@ -155,6 +152,70 @@ void run_generate(GenerateArgs a, const GlobalOptions& g) {
     throw std::runtime_error("--draft-layer " + std::to_string(a.draft_layer) + " must be in 1.." +
                              std::to_string(opt.exit_layer - 1) + " (below the verifier's " +
                              std::to_string(opt.exit_layer) + " layers)");
+  return opt;
+}
+
+// One batch's prompts as token ids, checked against the model's memory and context.
+std::vector<std::vector<int>> encode_batch(const std::vector<std::string>& prompts, size_t start, size_t end,
+                                           const LoadedModel& m, const GenerateOptions& opt) {
+  std::vector<std::vector<int>> ids;
+  size_t longest = 0;
+  for (size_t i = start; i < end; ++i) {
+    ids.push_back(m.tokenizer->encode(prompts[i], /*bos=*/true));
+    longest = std::max(longest, ids.back().size());
+  }
+  check_kv_cache_fits(m.model, (int64_t)ids.size(), (int64_t)longest, opt.max_new_tokens);
+  const int64_t context = m.model->config().max_seq_len;
+  for (size_t i = 0; i < ids.size(); ++i)
+    if ((int64_t)ids[i].size() + opt.max_new_tokens > context)
+      spdlog::warn("prompt {} has {} tokens; with --max-new-tokens {} it runs past the model's {} positions "
+                   "(max_position_embeddings): quality degrades there", start + i + 1, ids[i].size(),
+                   opt.max_new_tokens, context);
+  return ids;
+}
+
+// --compare-baseline: plain decoding of the same sub-model (the full model for --dynamic).
+std::vector<Generation> compare_with_baseline(LoadedModel& m, const std::vector<std::vector<int>>& ids,
+                                              const GenerateOptions& opt, BatchRun& run) {
+  GenerateStats st;
+  std::vector<Generation> base = generate(m.model, ids, opt, &st);
+  nlohmann::json b = plain_stats(st);
+  const double speedup = run.ms_per_token > 0 ? b["ms_per_token"].get<double>() / run.ms_per_token : 0.0;
+  int same = 0;
+  for (size_t i = 0; i < ids.size(); ++i) same += run.gens[i].tokens == base[i].tokens;
+  run.stats["baseline"] = b;
+  run.stats["speedup"] = speedup;
+  run.stats["identical_to_baseline"] = same;
+  run.summary += fmt::format("; baseline (exit {}) {:.2f} ms/token, speedup {:.2f}x, {}/{} outputs identical",
+                             opt.exit_layer, b["ms_per_token"].get<double>(), speedup, same, ids.size());
+  return base;
+}
+
+// --json: one object per prompt with its text, tokens and the batch's decoding statistics.
+nlohmann::json generation_json(const std::string& prompt, const std::string& text, const Generation& gen, size_t i,
+                               const std::vector<std::vector<int>>& ids, const BatchRun& run, const GenerateArgs& a,
+                               const GenerateOptions& opt, const std::vector<Generation>& base) {
+  nlohmann::json st = run.stats;
+  st["prompt_tokens"] = ids[i].size();
+  st["new_tokens"] = gen.tokens.size();
+  st["batch_size"] = run.gens.size();
+  nlohmann::json j = {{"prompt", prompt},           {"text", text},   {"tokens", gen.tokens}, {"exit_layer", opt.exit_layer},
+                      {"finish_reason", gen.finish_reason}, {"stats", st}};
+  if (a.dynamic) {
+    std::vector<int> exits = run.exits[i];
+    exits.resize(gen.tokens.size());  // drop the EOS decision
+    j["token_exits"] = exits;
+  }
+  if (a.compare_baseline) j["matches_baseline"] = gen.tokens == base[i].tokens;
+  return j;
+}
+
+void run_generate(GenerateArgs a, const GlobalOptions& g) {
+  if (a.prompt_given == !a.prompt_file.empty())
+    throw std::runtime_error("generate needs exactly one of --prompt and --prompt-file");
+  std::vector<std::string> prompts = a.prompt_given ? std::vector<std::string>{a.prompt} : read_prompts(a.prompt_file);
+  LoadedModel m = load_model_and_tokenizer(a.model, a.tokenizer, g);
+  const GenerateOptions opt = plan_options(a, m);
   const bool stream = prompts.size() == 1 && !a.json;
   std::string shown;  // text already printed while streaming
   GenerateOptions streaming = opt;
@@ -169,67 +230,24 @@ void run_generate(GenerateArgs a, const GlobalOptions& g) {
       }
       return false;
     };
-
-  if (a.compare_baseline && !prompts.empty()) {  // warm-up: the first timed run must not pay for set-up
+  if (a.compare_baseline) {  // warm-up: the first timed run must not pay for set-up
     GenerateOptions w = opt;
     w.max_new_tokens = 2;
     generate(m.model, {m.tokenizer->encode(prompts[0], true)}, w);
   }
   for (size_t start = 0; start < prompts.size(); start += (size_t)a.batch_size) {
-    const size_t end = std::min(prompts.size(), start + (size_t)a.batch_size);
-    std::vector<std::vector<int>> ids;
-    for (size_t i = start; i < end; ++i) ids.push_back(m.tokenizer->encode(prompts[i], /*bos=*/true));
-    size_t longest = 0;
-    for (const auto& p : ids) longest = std::max(longest, p.size());
-    check_kv_cache_fits(m.model, (int64_t)ids.size(), (int64_t)longest, opt.max_new_tokens);
-    const int64_t context = m.model->config().max_seq_len;
-    for (size_t i = 0; i < ids.size(); ++i)
-      if ((int64_t)ids[i].size() + opt.max_new_tokens > context)
-        spdlog::warn("prompt {} has {} tokens; with --max-new-tokens {} it runs past the model's {} positions "
-                     "(max_position_embeddings): quality degrades there", start + i + 1, ids[i].size(),
-                     opt.max_new_tokens, context);
+    const std::vector<std::vector<int>> ids =
+        encode_batch(prompts, start, std::min(prompts.size(), start + (size_t)a.batch_size), m, opt);
     BatchRun run = run_batch(m.model, ids, a, streaming);
-    // --compare-baseline: plain decoding of the same sub-model (the full model for --dynamic).
-    std::vector<Generation> base;
-    if (a.compare_baseline) {
-      GenerateStats st;
-      base = generate(m.model, ids, opt, &st);
-      nlohmann::json b = plain_stats(st);
-      const double speedup = run.ms_per_token > 0 ? b["ms_per_token"].get<double>() / run.ms_per_token : 0.0;
-      int same = 0;
-      for (size_t i = 0; i < ids.size(); ++i) same += run.gens[i].tokens == base[i].tokens;
-      run.stats["baseline"] = b;
-      run.stats["speedup"] = speedup;
-      run.stats["identical_to_baseline"] = same;
-      run.summary += fmt::format("; baseline (exit {}) {:.2f} ms/token, speedup {:.2f}x, {}/{} outputs identical",
-                                 opt.exit_layer, b["ms_per_token"].get<double>(), speedup, same, ids.size());
-    }
+    const std::vector<Generation> base = a.compare_baseline ? compare_with_baseline(m, ids, opt, run) : std::vector<Generation>{};
     for (size_t i = 0; i < run.gens.size(); ++i) {
-      const Generation& gen = run.gens[i];
-      std::string text = m.tokenizer->decode(gen.tokens);
-      if (a.json) {
-        nlohmann::json st = run.stats;
-        st["prompt_tokens"] = ids[i].size();
-        st["new_tokens"] = gen.tokens.size();
-        st["batch_size"] = run.gens.size();
-        nlohmann::json j = {{"prompt", prompts[start + i]},
-                            {"text", text},
-                            {"tokens", gen.tokens},
-                            {"exit_layer", opt.exit_layer},
-                            {"finish_reason", gen.finish_reason},
-                            {"stats", st}};
-        if (a.dynamic) {
-          std::vector<int> exits = run.exits[i];
-          exits.resize(gen.tokens.size());  // drop the EOS decision
-          j["token_exits"] = exits;
-        }
-        if (a.compare_baseline) j["matches_baseline"] = gen.tokens == base[i].tokens;
-        std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
-      } else if (stream) {
-        std::cout << text.substr(std::min(shown.size(), text.size())) << "\n";
-      } else {
-        std::cout << text << "\n";
-      }
+      const std::string text = m.tokenizer->decode(run.gens[i].tokens);
+      if (a.json)
+        std::cout << generation_json(prompts[start + i], text, run.gens[i], i, ids, run, a, opt, base)
+                         .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)
+                  << "\n";
+      else
+        std::cout << (stream ? text.substr(std::min(shown.size(), text.size())) : text) << "\n";
     }
     std::cout << std::flush;
     spdlog::info("{} prompts: {}", run.gens.size(), run.summary);

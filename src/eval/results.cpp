@@ -26,7 +26,9 @@ std::vector<std::string> columns(const TaskResult& r) {
   std::vector<std::string> cols;
   for (const auto& row : r.rows)
     for (const auto& [k, v] : row.metrics.items())
-      if (v.is_number() && std::find(cols.begin(), cols.end(), k) == cols.end()) cols.push_back(k);
+      // "metric,filter" keys repeat a metric under lm-eval's name: results.json only.
+      if (v.is_number() && k.find(',') == std::string::npos && std::find(cols.begin(), cols.end(), k) == cols.end())
+        cols.push_back(k);
   return cols;
 }
 

@@ -1,5 +1,6 @@
 #include "sortedllama/eval/tasks.h"
 
+#include <cmath>
 #include <filesystem>
 #include <regex>
 #include <set>
@@ -65,22 +66,42 @@ ojson triviaqa_metrics(const std::vector<QAScore>& scores) {
     off.push_back(s.exact_match_official);
     f1.push_back(s.f1);
   }
-  return {{"exact_match", mean_of(em)},
+  ojson m = {{"exact_match", mean_of(em)},
           {"exact_match_case_sensitive", mean_of(cs)},
           {"exact_match_official", mean_of(off)},
           {"f1", mean_of(f1)},
           {"n", (int64_t)scores.size()}};
+  // lm-evaluation-harness 0.4's keys for its triviaqa task: metric,filter and the sample standard
+  // error of the mean (ddof 1), so that its tooling reads these files.
+  m["exact_match,remove_whitespace"] = m["exact_match"];
+  if (em.size() >= 2) {
+    const double mu = mean_of(em);
+    double ss = 0;
+    for (double x : em) ss += (x - mu) * (x - mu);
+    m["exact_match_stderr,remove_whitespace"] = std::sqrt(ss / (double)(em.size() - 1) / (double)em.size());
+  }
+  return m;
 }
 
 namespace {
-ojson triviaqa_sample(const TriviaQuestion& q, const std::string& continuation, const std::string& prediction,
-                      const QAScore& s) {
-  return {{"question_id", q.id},     {"question", q.question},
+// The toolkit's fields, then lm-evaluation-harness's per-sample ones (doc_id, doc, target, arguments,
+// resps, filtered_resps); `prompt` is empty for predictions scored without a model.
+ojson triviaqa_sample(size_t doc_id, const TriviaQuestion& q, const std::string& prompt, const std::string& continuation,
+                      const std::string& prediction, const QAScore& s) {
+  ojson j = {{"question_id", q.id},     {"question", q.question},
           {"continuation", continuation},
           {"prediction", prediction}, {"exact_match", s.exact_match},
           {"exact_match_case_sensitive", s.exact_match_case_sensitive},
           {"exact_match_official", s.exact_match_official},
           {"f1", s.f1}};
+  j["doc_id"] = doc_id;
+  j["doc"] = {{"question", q.question}, {"question_id", q.id}, {"answer", {{"aliases", q.aliases}}}};
+  j["target"] = q.aliases;
+  if (!prompt.empty())
+    j["arguments"] = ojson::array({ojson::array({prompt, {{"until", {"\n", ".", ","}}, {"do_sample", false}}})});
+  j["resps"] = ojson::array({ojson::array({continuation})});
+  j["filtered_resps"] = ojson::array({prediction});
+  return j;
 }
 }  // namespace
 
@@ -88,9 +109,11 @@ TaskResult eval_triviaqa(Llama& model, const Tokenizer& tok, const std::vector<T
                          const std::vector<TriviaQuestion>& fewshot_pool, int64_t num_fewshot,
                          const std::vector<int>& exits, const EvalGenOptions& opt, bool add_bos) {
   std::vector<std::vector<int>> prompts;
+  std::vector<std::string> texts;
   for (size_t i = 0; i < questions.size(); ++i) {
     std::string ctx = num_fewshot > 0 ? triviaqa_fewshot(fewshot_pool, num_fewshot, 1234 + i, questions[i].id) : "";
-    prompts.push_back(tok.encode(ctx + triviaqa_prompt(questions[i].question), add_bos));
+    texts.push_back(ctx + triviaqa_prompt(questions[i].question));
+    prompts.push_back(tok.encode(texts.back(), add_bos));
   }
   EvalGenOptions o = opt;
   o.stop = [&tok](const std::vector<int>& t) { return triviaqa_should_stop(tok.decode(t)); };
@@ -106,7 +129,7 @@ TaskResult eval_triviaqa(Llama& model, const Tokenizer& tok, const std::vector<T
       // alone, which triviaqa_cut strips anyway.
       const std::string cont = tok.decode(eg.gens[i].tokens), pred = triviaqa_cut(cont);
       scores.push_back(score_triviaqa(pred, questions[i].aliases));
-      row.samples.push_back(triviaqa_sample(questions[i], cont, pred, scores.back()));
+      row.samples.push_back(triviaqa_sample(i, questions[i], texts[i], cont, pred, scores.back()));
       row.samples.back().update(sample_exit_fields(eg, L));
     }
     row.metrics = triviaqa_metrics(scores);
@@ -161,7 +184,7 @@ TaskResult score_triviaqa_predictions(const std::vector<TriviaQuestion>& questio
     for (const auto& [qi, raw] : preds) {
       const std::string pred = triviaqa_cut(raw);
       scores.push_back(score_triviaqa(pred, questions[qi].aliases));
-      row.samples.push_back(triviaqa_sample(questions[qi], raw, pred, scores.back()));
+      row.samples.push_back(triviaqa_sample(qi, questions[qi], "", raw, pred, scores.back()));
       row.samples.back()["exit"] = exit;
     }
     row.metrics = triviaqa_metrics(scores);

@@ -56,6 +56,19 @@ assert r["results"]["triviaqa"]["exit"] == "5" and r["config"]["limit"] == 6
 # every option as parsed, defaults included (none hand-copied)
 assert r["config"]["exits"] == "2,5" and r["config"]["batch_size"] == 4 and r["config"]["label"] == "stories run", r["config"]
 assert r["config"]["judge_tokenizer"] == "" and r["config"]["decode"] == "exit" and r["config"]["plot"] is True, r["config"]
+# lm-evaluation-harness 0.4's names (docs/results_schema.md)
+head = r["results"]["triviaqa"]
+assert head["exact_match,remove_whitespace"] == head["exact_match"] and head["exact_match_stderr,remove_whitespace"] >= 0, head
+import math
+em = [json.loads(l)["exact_match"] for l in open(sys.argv[1].replace("results.json", "samples_exit5.jsonl"))]
+mu = sum(em) / len(em)
+se = math.sqrt(sum((x - mu) ** 2 for x in em) / (len(em) - 1) / len(em))
+assert abs(head["exact_match_stderr,remove_whitespace"] - se) < 1e-12, (head, se)
+s = json.loads(open(sys.argv[1].replace("results.json", "samples_exit5.jsonl")).readline())
+for k in ("doc_id", "doc", "target", "arguments", "resps", "filtered_resps", "exact_match"):
+    assert k in s, k
+assert s["doc_id"] == 0 and s["resps"] == [[s["continuation"]]] and s["filtered_resps"] == [s["prediction"]], s
+assert s["arguments"][0][0].startswith("Question: ") and s["arguments"][0][1]["until"] == ["\n", ".", ","], s
 for m in r["exits"].values():
     assert m["n"] == 6 and 0 <= m["exact_match"] <= 1 and 0 <= m["f1"] <= 1, m
 PY
