@@ -91,9 +91,6 @@ Llama load_model(const std::string& dir, torch::Device device, torch::Dtype dtyp
   ModelConfig cfg = ModelConfig::from_file(config_path);
   auto map = weight_files(dir);
 
-  Llama model(cfg);
-  model->to(device, dtype);
-  torch::NoGradGuard no_grad;
   std::map<std::string, std::unique_ptr<SafetensorsFile>> open;  // file name -> mapping
   auto file = [&](const std::string& name) -> SafetensorsFile& {
     std::string f = "model.safetensors";
@@ -107,23 +104,31 @@ Llama load_model(const std::string& dir, torch::Device device, torch::Dtype dtyp
     if (!slot) slot = std::make_unique<SafetensorsFile>(dir + "/" + f);
     return *slot;
   };
-  for (auto& p : model->named_parameters()) {
-    const std::string& name = p.key();
+  // Every tensor is checked against config.json before the model is built: sizes or a layer count
+  // that the files do not hold must fail here, not allocate memory (or layers) for them first.
+  std::map<std::string, std::pair<const TensorView*, torch::Dtype>> sources;
+  for_each_parameter_shape(cfg, [&](const std::string& name, const std::vector<int64_t>& shape) {
     SafetensorsFile& sf = file(name);
     const TensorView& t = sf.at(name);
-    torch::Tensor dst = p.value();
-    if (c10::IntArrayRef(t.shape) != dst.sizes())
+    if (t.shape != shape)
       throw std::runtime_error(sf.path() + ": tensor " + name + " has shape " + shape_str(t.shape) + " but " +
-                               config_path + " implies " + shape_str(dst.sizes()));
-    auto src_dtype = torch_dtype_of(t.dtype, sf.path(), name);
+                               config_path + " implies " + shape_str(shape));
+    sources[name] = {&t, torch_dtype_of(t.dtype, sf.path(), name)};
+  });
+
+  Llama model(cfg);
+  model->to(device, dtype);
+  torch::NoGradGuard no_grad;
+  for (auto& p : model->named_parameters()) {
+    const auto& [t, src_dtype] = sources.at(p.key());
     torch::Tensor src;
-    if (reinterpret_cast<uintptr_t>(t.data) % dtype_size(t.dtype) == 0) {
-      src = torch::from_blob(const_cast<uint8_t*>(t.data), t.shape, torch::dtype(src_dtype));
+    if (reinterpret_cast<uintptr_t>(t->data) % dtype_size(t->dtype) == 0) {
+      src = torch::from_blob(const_cast<uint8_t*>(t->data), t->shape, torch::dtype(src_dtype));
     } else {  // misaligned data: copy the bytes before viewing them as numbers
-      src = torch::empty(t.shape, torch::dtype(src_dtype));
-      std::memcpy(src.data_ptr(), t.data, t.nbytes);
+      src = torch::empty(t->shape, torch::dtype(src_dtype));
+      std::memcpy(src.data_ptr(), t->data, t->nbytes);
     }
-    dst.copy_(src);
+    p.value().copy_(src);
   }
   // Tensors nobody asked for are reported, not silently dropped (older HF files carry inv_freq).
   auto params = model->named_parameters();

@@ -193,6 +193,28 @@ TEST(Checkpoint, BadDirectoriesNameTheFileAndTensorOrKey) {
   EXPECT_NE(load_error(base + "/empty").find("no config.json"), std::string::npos);
 }
 
+TEST(Checkpoint, ConfigSizesTheWeightsDoNotHoldFailBeforeAnyAllocation) {
+  auto m = random_model();
+  const std::string base = sl_test::temp_dir("ck");
+  auto error_with = [&](const char* key, const nlohmann::json& value) {
+    const std::string d = base + "/" + key;
+    sl::save_model(m, d, "");
+    auto cfg = read_json(d + "/config.json");
+    cfg[key] = value;
+    write_json(d + "/config.json", cfg);
+    return load_error(d);
+  };
+  // Building the model first would construct 2^30 layers, or allocate terabytes and fail with a
+  // bare allocator error.
+  std::string msg = error_with("num_hidden_layers", int64_t{1} << 30);
+  EXPECT_NE(msg.find("model.safetensors: missing tensor model.layers.3.self_attn.q_proj.weight"), std::string::npos) << msg;
+  msg = error_with("intermediate_size", int64_t{1} << 40);
+  EXPECT_NE(msg.find("model.layers.0.mlp.gate_proj.weight has shape [40, 16]"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("config.json implies [1099511627776, 16]"), std::string::npos) << msg;
+  msg = error_with("vocab_size", std::numeric_limits<int64_t>::max());
+  EXPECT_NE(msg.find("model.embed_tokens.weight has shape [50, 16]"), std::string::npos) << msg;
+}
+
 TEST(Config, IntegerKeysTakeOnlyExactIntegers) {
   const nlohmann::json base = small_config().to_json();
   auto error_with = [&](const char* key, const nlohmann::json& value) {
