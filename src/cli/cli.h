@@ -34,7 +34,7 @@ uint64_t parse_u64(const std::string& text, const std::string& option);
 
 // The KV cache of `batch` sequences of prompt_len + max_new_tokens positions must fit in this
 // machine's memory (CPU models); throws naming --max-new-tokens and --batch-size otherwise.
-void check_kv_cache_fits(Llama& model, int64_t batch, int64_t prompt_len, int64_t max_new_tokens);
+void check_kv_cache_fits(const Llama& model, int64_t batch, int64_t prompt_len, int64_t max_new_tokens);
 
 // A subcommand's options as parsed: every long option with the value given (or its default), keyed
 // by its name with '_' for '-' (results files record this).

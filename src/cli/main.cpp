@@ -50,7 +50,7 @@ uint64_t parse_u64(const std::string& text, const std::string& option) {
   return v;
 }
 
-void check_kv_cache_fits(Llama& model, int64_t batch, int64_t prompt_len, int64_t max_new_tokens) {
+void check_kv_cache_fits(const Llama& model, int64_t batch, int64_t prompt_len, int64_t max_new_tokens) {
   if (!model->device().is_cpu()) return;
   const ModelConfig& cfg = model->config();
   const double positions = (double)prompt_len + (double)max_new_tokens;

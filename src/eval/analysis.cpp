@@ -21,6 +21,39 @@ struct Sums {
   std::vector<int64_t> n;
   explicit Sums(int64_t positions) : kl(positions), kl_ref(positions), cos(positions), n(positions) {}
 };
+
+// Per position: mean over the instructions that reached it. Overall: mean over all pairs.
+TaskResult analysis_rows(const std::vector<Sums>& sums, const std::vector<int>& exits, int64_t positions,
+                         int64_t n_items, bool reference) {
+  TaskResult r("analysis", n_items, n_items);
+  r.extra["positions"] = positions;
+  r.extra["kl"] = "KL(p_last || p_exit), nats";
+  for (size_t e = 0; e < exits.size(); ++e) {
+    const Sums& s = sums[e];
+    ojson kl = ojson::array(), cos = ojson::array(), klr = ojson::array();
+    double tkl = 0, tcos = 0, tklr = 0;
+    int64_t tn = 0;
+    for (int64_t i = 0; i < positions; ++i) {
+      const double n = (double)std::max<int64_t>(1, s.n[i]);
+      kl.push_back(s.kl[i] / n);
+      cos.push_back(s.cos[i] / n);
+      klr.push_back(s.kl_ref[i] / n);
+      tkl += s.kl[i];
+      tcos += s.cos[i];
+      tklr += s.kl_ref[i];
+      tn += s.n[i];
+    }
+    const double n = (double)std::max<int64_t>(1, tn);
+    ResultRow row(std::to_string(exits[e]), exits[e], ojson{{"kl", tkl / n}, {"cosine", tcos / n}});
+    if (reference) row.metrics["kl_reference"] = tklr / n;
+    row.metrics["positions_scored"] = tn;
+    row.metrics["kl_by_position"] = kl;
+    row.metrics["cosine_by_position"] = cos;
+    if (reference) row.metrics["kl_reference_by_position"] = klr;
+    r.rows.push_back(std::move(row));
+  }
+  return r;
+}
 }  // namespace
 
 TaskResult eval_analysis(Llama& model, const Tokenizer& tok, const std::vector<Instruction>& items,
@@ -102,35 +135,7 @@ TaskResult eval_analysis(Llama& model, const Tokenizer& tok, const std::vector<I
     progress.add(B);
   }
 
-  TaskResult r("analysis", (int64_t)items.size(), (int64_t)items.size());
-  r.extra["positions"] = positions;
-  r.extra["kl"] = "KL(p_last || p_exit), nats";
-  for (size_t e = 0; e < exits.size(); ++e) {
-    const Sums& s = sums[e];
-    // Per position: mean over the instructions that reached it. Overall: mean over all pairs.
-    ojson kl = ojson::array(), cos = ojson::array(), klr = ojson::array();
-    double tkl = 0, tcos = 0, tklr = 0;
-    int64_t tn = 0;
-    for (int64_t i = 0; i < positions; ++i) {
-      const double n = (double)std::max<int64_t>(1, s.n[i]);
-      kl.push_back(s.kl[i] / n);
-      cos.push_back(s.cos[i] / n);
-      klr.push_back(s.kl_ref[i] / n);
-      tkl += s.kl[i];
-      tcos += s.cos[i];
-      tklr += s.kl_ref[i];
-      tn += s.n[i];
-    }
-    const double n = (double)std::max<int64_t>(1, tn);
-    ResultRow row(std::to_string(exits[e]), exits[e], ojson{{"kl", tkl / n}, {"cosine", tcos / n}});
-    if (reference) row.metrics["kl_reference"] = tklr / n;
-    row.metrics["positions_scored"] = tn;
-    row.metrics["kl_by_position"] = kl;
-    row.metrics["cosine_by_position"] = cos;
-    if (reference) row.metrics["kl_reference_by_position"] = klr;
-    r.rows.push_back(std::move(row));
-  }
-  return r;
+  return analysis_rows(sums, exits, positions, (int64_t)items.size(), reference != nullptr);
 }
 
 }  // namespace sl

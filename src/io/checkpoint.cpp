@@ -162,15 +162,20 @@ Llama load_model(const std::string& dir, torch::Device device, torch::Dtype dtyp
   ModelConfig cfg = ModelConfig::from_file(config_path);
   HFWeights weights(dir);
 
+  // Every tensor is checked against config.json before the model is built: sizes or a layer count
+  // that the files do not hold must fail here, not allocate memory (or layers) for them first.
+  std::map<std::string, torch::Tensor> sources;  // views of the mapped files
+  for_each_parameter_shape(cfg, [&](const std::string& name, const std::vector<int64_t>& shape) {
+    sources[name] = weights.get(name, shape, config_path);
+  });
   Llama model(cfg);
   model->to(device, dtype);
   torch::NoGradGuard no_grad;
-  auto params = model->named_parameters();
   // The one copy: from the mapping into the parameter's dtype and device.
-  for (auto& p : params) p.value().copy_(weights.get(p.key(), p.value().sizes(), config_path));
+  for (auto& p : model->named_parameters()) p.value().copy_(sources.at(p.key()));
   // Older HF files carry the rotary inv_freq buffers, which are recomputed.
   weights.warn_unused([&](const std::string& name) {
-    return params.contains(name) || name.find("rotary_emb.inv_freq") != std::string::npos ||
+    return sources.count(name) || name.find("rotary_emb.inv_freq") != std::string::npos ||
            (cfg.tie_embeddings && name == "lm_head.weight");
   });
   model->eval();

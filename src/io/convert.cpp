@@ -155,7 +155,9 @@ void convert_llama2c(const std::string& bin_path, const std::string& tokenizer, 
                cfg.n_heads, cfg.n_kv_heads, V, out_dir);
 }
 
-void convert_meta(const std::string& dir, const std::string& tokenizer, const std::string& out_dir) {
+namespace {
+// Meta's params.json as a ModelConfig (vocab_size -1, "take it from the tokenizer", is returned in *vocab).
+ModelConfig meta_params(const std::string& dir, int64_t* vocab_out) {
   if (!fs::is_directory(dir)) throw std::runtime_error(dir + ": not a directory of params.json and consolidated.NN.pth");
   const std::string params_path = dir + "/params.json";
   if (!fs::exists(params_path)) throw std::runtime_error(dir + ": no params.json");
@@ -192,8 +194,12 @@ void convert_meta(const std::string& dir, const std::string& tokenizer, const st
   // Meta's FeedForward (and HF's converter): int(2 * 4 * dim / 3), scaled, rounded up to multiple_of.
   const int64_t hidden = (int64_t)(ffn_multiplier * (double)(8 * cfg.dim / 3));
   cfg.hidden_dim = multiple_of * ((hidden + multiple_of - 1) / multiple_of);
+  *vocab_out = vocab;
+  return cfg;
+}
 
-  // consolidated.00.pth .. consolidated.NN.pth, numbered without gaps.
+// consolidated.00.pth .. consolidated.NN.pth, numbered without gaps: the tensor-parallel shards.
+std::vector<std::unique_ptr<TorchFile>> meta_shards(const std::string& dir) {
   std::map<int, std::string> numbered;
   for (const auto& e : fs::directory_iterator(dir)) {
     const std::string name = e.path().filename().string();
@@ -211,8 +217,16 @@ void convert_meta(const std::string& dir, const std::string& tokenizer, const st
                                std::to_string(i) + " of them is missing");
     shards.push_back(std::make_unique<TorchFile>(numbered[i]));
   }
-  const int64_t n = (int64_t)shards.size();
+  return shards;
+}
+}  // namespace
 
+void convert_meta(const std::string& dir, const std::string& tokenizer, const std::string& out_dir) {
+  int64_t vocab = -1;
+  ModelConfig cfg = meta_params(dir, &vocab);
+  const std::string params_path = dir + "/params.json";
+  const std::vector<std::unique_ptr<TorchFile>> shards = meta_shards(dir);
+  const int64_t n = (int64_t)shards.size();
   Tokenizer tok(tokenizer);
   cfg.vocab_size = vocab == -1 ? tok.vocab_size() : vocab;
   check_tokenizer_fits(tok, cfg.vocab_size, params_path);

@@ -17,9 +17,18 @@ namespace sl {
 namespace {
 // A header past this size is hostile or corrupt (the reference implementation uses the same cap).
 constexpr uint64_t kMaxHeader = 100u << 20;
+// No real dimension comes near this, and from 2^63 on a dimension turns negative as int64_t; the
+// product check alone misses a huge dimension after a zero one.
+constexpr uint64_t kMaxDim = uint64_t{1} << 62;
 
 std::runtime_error file_error(const std::string& path, const std::string& msg) {
   return std::runtime_error(path + ": " + msg);
+}
+
+// A header value for a message: scalars as written, containers by type, since dumping a hostile,
+// deeply nested value recurses once per level and can overflow the stack.
+std::string describe(const nlohmann::json& v) {
+  return v.is_structured() ? std::string("an ") + v.type_name() : v.dump();
 }
 }  // namespace
 
@@ -95,8 +104,9 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
       if (!entry["shape"].is_array()) throw bad("shape is not an array");
       uint64_t numel = 1;
       for (auto& d : entry["shape"]) {
-        if (!d.is_number_unsigned()) throw bad("shape holds " + d.dump() + ", not a non-negative integer");
+        if (!d.is_number_unsigned()) throw bad("shape holds " + describe(d) + ", not a non-negative integer");
         uint64_t v = d.get<uint64_t>();
+        if (v >= kMaxDim) throw bad("shape dimension " + std::to_string(v) + " is not below 2^62");
         if (v != 0 && numel > (UINT64_MAX / 8) / v) throw bad("shape is too large");
         numel *= v;
         t.shape.push_back((int64_t)v);

@@ -1,7 +1,9 @@
 #include "sortedllama/model/config.h"
 
 #include <fstream>
+#include <limits>
 #include <stdexcept>
+#include <type_traits>
 
 namespace sl {
 
@@ -10,14 +12,37 @@ std::runtime_error config_error(const std::string& source, const std::string& ms
   return std::runtime_error(source + ": " + msg);
 }
 
+// A config value for a message: scalars as written, containers by type, since dumping a hostile,
+// deeply nested value recurses once per level and can overflow the stack.
+std::string describe(const nlohmann::json& v) {
+  return v.is_structured() ? std::string("an ") + v.type_name() : v.dump();
+}
+
+// nlohmann converts any number to an integer type silently (64.5 -> 64, 2^64 - 1 -> -1), so an
+// integer key takes only an integer that T holds exactly.
+template <typename T>
+T exact_integer(const nlohmann::json& v, const std::string& what, const std::string& source) {
+  if (!v.is_number()) throw config_error(source, what + " has the wrong type (" + v.type_name() + ")");
+  if (!v.is_number_integer()) throw config_error(source, what + " must be an integer, got " + v.dump());
+  const bool fits = v.is_number_unsigned()
+                        ? v.get<uint64_t>() <= (uint64_t)std::numeric_limits<T>::max()
+                        : v.get<int64_t>() >= std::numeric_limits<T>::min() && v.get<int64_t>() <= std::numeric_limits<T>::max();
+  if (!fits) throw config_error(source, what + " is out of range, got " + v.dump());
+  return (T)v.get<int64_t>();
+}
+
 template <typename T>
 T get_required(const nlohmann::json& j, const char* key, const std::string& source) {
   if (!j.contains(key)) throw config_error(source, std::string("missing required key \"") + key + "\"");
-  try {
-    return j.at(key).get<T>();
-  } catch (const nlohmann::json::exception&) {
-    throw config_error(source, std::string("key \"") + key + "\" has the wrong type (" +
-                                   j.at(key).type_name() + ")");
+  const std::string what = std::string("key \"") + key + "\"";
+  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+    return exact_integer<T>(j.at(key), what, source);
+  } else {
+    try {
+      return j.at(key).get<T>();
+    } catch (const nlohmann::json::exception&) {
+      throw config_error(source, what + " has the wrong type (" + j.at(key).type_name() + ")");
+    }
   }
 }
 
@@ -31,7 +56,7 @@ T get_optional(const nlohmann::json& j, const char* key, T fallback, const std::
 ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& source) {
   if (!j.is_object()) throw config_error(source, "expected a JSON object");
   if (j.contains("model_type") && j["model_type"] != "llama")
-    throw config_error(source, "model_type is " + j["model_type"].dump() + ", only \"llama\" is supported");
+    throw config_error(source, "model_type is " + describe(j["model_type"]) + ", only \"llama\" is supported");
   ModelConfig c;
   c.dim = get_required<int64_t>(j, "hidden_size", source);
   c.hidden_dim = get_required<int64_t>(j, "intermediate_size", source);
@@ -48,8 +73,12 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& s
   c.torch_dtype = get_optional<std::string>(j, "torch_dtype", "float32", source);
   if (j.contains("rope_scaling") && !j["rope_scaling"].is_null())
     throw config_error(source, "rope_scaling is not supported (LLaMA 2 uses none)");
-  if (j.contains("sortedllama") && j["sortedllama"].contains("ict_exits"))
-    c.ict_exits = get_required<std::vector<int>>(j["sortedllama"], "ict_exits", source + " (sortedllama)");
+  if (j.contains("sortedllama") && j["sortedllama"].contains("ict_exits")) {
+    const nlohmann::json& exits = j["sortedllama"]["ict_exits"];
+    if (!exits.is_array())
+      throw config_error(source, std::string("key \"sortedllama.ict_exits\" has the wrong type (") + exits.type_name() + ")");
+    for (const auto& e : exits) c.ict_exits.push_back(exact_integer<int>(e, "an entry of sortedllama.ict_exits", source));
+  }
   c.validate(source);
   return c;
 }

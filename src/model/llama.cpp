@@ -220,6 +220,32 @@ void LlamaImpl::add_ict_heads(const std::vector<int>& exits) {
   std::sort(cfg_.ict_exits.begin(), cfg_.ict_exits.end());
 }
 
+void for_each_parameter_shape(const ModelConfig& c,
+                              const std::function<void(const std::string&, const std::vector<int64_t>&)>& fn) {
+  const int64_t q = c.n_heads * c.head_dim(), kv = c.n_kv_heads * c.head_dim();
+  fn("model.embed_tokens.weight", {c.vocab_size, c.dim});
+  for (int64_t i = 0; i < c.n_layers; ++i) {
+    const std::string l = "model.layers." + std::to_string(i) + ".";
+    fn(l + "self_attn.q_proj.weight", {q, c.dim});
+    fn(l + "self_attn.k_proj.weight", {kv, c.dim});
+    fn(l + "self_attn.v_proj.weight", {kv, c.dim});
+    fn(l + "self_attn.o_proj.weight", {c.dim, q});
+    fn(l + "mlp.gate_proj.weight", {c.hidden_dim, c.dim});
+    fn(l + "mlp.up_proj.weight", {c.hidden_dim, c.dim});
+    fn(l + "mlp.down_proj.weight", {c.dim, c.hidden_dim});
+    fn(l + "input_layernorm.weight", {c.dim});
+    fn(l + "post_attention_layernorm.weight", {c.dim});
+  }
+  fn("model.norm.weight", {c.dim});
+  if (!c.tie_embeddings) fn("lm_head.weight", {c.vocab_size, c.dim});
+  std::vector<int> seen;  // add_ict_heads registers each exit once, in the order given
+  for (int e : c.ict_exits) {
+    if (std::find(seen.begin(), seen.end(), e) != seen.end()) continue;
+    seen.push_back(e);
+    fn("ict_heads." + std::to_string(e) + ".weight", {c.vocab_size, c.dim});
+  }
+}
+
 bool LlamaImpl::has_ict_head(int exit) const {
   for (const auto& c : ict_heads->named_children())
     if (c.key() == std::to_string(exit)) return true;

@@ -3,6 +3,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <limits>
 
 #include "sortedllama/io/checkpoint.h"
 #include "sortedllama/util/files.h"
@@ -190,6 +191,55 @@ TEST(Checkpoint, BadDirectoriesNameTheFileAndTensorOrKey) {
   EXPECT_NE(load_error(base + "/nothing").find("not a model directory"), std::string::npos);
   fs::create_directories(base + "/empty");
   EXPECT_NE(load_error(base + "/empty").find("no config.json"), std::string::npos);
+}
+
+TEST(Checkpoint, ConfigSizesTheWeightsDoNotHoldFailBeforeAnyAllocation) {
+  auto m = random_model();
+  const std::string base = sl_test::temp_dir("ck");
+  auto error_with = [&](const char* key, const nlohmann::json& value) {
+    const std::string d = base + "/" + key;
+    sl::save_model(m, d, "");
+    auto cfg = read_json(d + "/config.json");
+    cfg[key] = value;
+    write_json(d + "/config.json", cfg);
+    return load_error(d);
+  };
+  // Building the model first would construct 2^30 layers, or allocate terabytes and fail with a
+  // bare allocator error.
+  std::string msg = error_with("num_hidden_layers", int64_t{1} << 30);
+  EXPECT_NE(msg.find("model.safetensors: missing tensor model.layers.3.self_attn.q_proj.weight"), std::string::npos) << msg;
+  msg = error_with("intermediate_size", int64_t{1} << 40);
+  EXPECT_NE(msg.find("model.layers.0.mlp.gate_proj.weight has shape [40, 16]"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("config.json implies [1099511627776, 16]"), std::string::npos) << msg;
+  msg = error_with("vocab_size", std::numeric_limits<int64_t>::max());
+  EXPECT_NE(msg.find("model.embed_tokens.weight has shape [50, 16]"), std::string::npos) << msg;
+}
+
+TEST(Config, IntegerKeysTakeOnlyExactIntegers) {
+  const nlohmann::json base = small_config().to_json();
+  auto error_with = [&](const char* key, const nlohmann::json& value) {
+    nlohmann::json j = base;
+    j[key] = value;
+    try {
+      sl::ModelConfig::from_json(j, "m/config.json");
+    } catch (const std::exception& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  // JSON's numbers would convert silently: 64.5 to 64, 2^64 - 1 to -1, 2^32 + 1 to the int 1.
+  EXPECT_EQ(error_with("hidden_size", 64.5), "m/config.json: key \"hidden_size\" must be an integer, got 64.5");
+  EXPECT_EQ(error_with("num_hidden_layers", 4.9), "m/config.json: key \"num_hidden_layers\" must be an integer, got 4.9");
+  EXPECT_EQ(error_with("vocab_size", 50.0), "m/config.json: key \"vocab_size\" must be an integer, got 50.0");
+  EXPECT_EQ(error_with("eos_token_id", std::numeric_limits<uint64_t>::max()),
+            "m/config.json: key \"eos_token_id\" is out of range, got 18446744073709551615");
+  EXPECT_EQ(error_with("num_attention_heads", "4"), "m/config.json: key \"num_attention_heads\" has the wrong type (string)");
+  EXPECT_EQ(error_with("sortedllama", {{"ict_exits", {1, 4294967297}}}),
+            "m/config.json: an entry of sortedllama.ict_exits is out of range, got 4294967297");
+  EXPECT_EQ(error_with("sortedllama", {{"ict_exits", nlohmann::json::array({1.5})}}),
+            "m/config.json: an entry of sortedllama.ict_exits must be an integer, got 1.5");
+  EXPECT_EQ(error_with("hidden_size", 32), "");
+  EXPECT_EQ(error_with("sortedllama", {{"ict_exits", {1, 2}}}), "");
 }
 
 TEST(Checkpoint, AtomicWriteKeepsTheOldDirectoryWhenSavingFails) {

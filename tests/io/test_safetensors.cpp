@@ -94,3 +94,22 @@ TEST(Safetensors, MissingTensorIsNamed) {
     EXPECT_NE(std::string(e.what()).find("missing tensor model.norm.weight"), std::string::npos);
   }
 }
+
+TEST(Safetensors, HugeDimensionsAreRejectedWhateverTheProduct) {
+  // A zero dimension keeps the product at zero, so only a per-dimension cap catches these; from
+  // 2^63 on they would become negative int64_t dimensions.
+  for (const char* d : {"4611686018427387904", "9223372036854775808", "18446744073709551615"})
+    expect_error(std::string(R"({"a": {"dtype": "F32", "shape": [0, )") + d + R"(], "data_offsets": [0, 0]}})", 0,
+                 std::string("shape dimension ") + d + " is not below 2^62 (tensor a)");
+  // Just below the cap, an empty tensor still loads.
+  const std::string dir = sl_test::temp_dir("st");
+  sl::SafetensorsFile f(
+      make_file(dir, R"({"a": {"dtype": "F32", "shape": [0, 4611686018427387903], "data_offsets": [0, 0]}})", 0));
+  EXPECT_EQ(f.at("a").shape, (std::vector<int64_t>{0, (int64_t{1} << 62) - 1}));
+}
+
+TEST(Safetensors, DeeplyNestedHeaderValuesGiveAnErrorNotAStackOverflow) {
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  expect_error(R"({"a": {"dtype": "F32", "shape": [)" + deep + R"(], "data_offsets": [0, 4]}})", 4,
+               "shape holds an array, not a non-negative integer (tensor a)");
+}

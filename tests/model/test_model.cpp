@@ -122,6 +122,26 @@ TEST(ModelReference, EvalLmMatchesReferenceNllForAnUnpaddedSequence) {
   }
 }
 
+TEST(Model, ParameterShapesListEveryParameterInOrder) {
+  sl::ModelConfig c;
+  c.dim = 16;
+  c.hidden_dim = 24;
+  c.n_layers = 3;
+  c.n_heads = 4;
+  c.n_kv_heads = 2;
+  c.vocab_size = 20;
+  c.max_seq_len = 8;
+  c.ict_exits = {2, 1, 2};
+  for (bool tied : {false, true}) {
+    c.tie_embeddings = tied;
+    sl::Llama m(c);
+    std::vector<std::pair<std::string, std::vector<int64_t>>> listed, built;
+    sl::for_each_parameter_shape(c, [&](const std::string& n, const std::vector<int64_t>& s) { listed.emplace_back(n, s); });
+    for (auto& p : m->named_parameters()) built.emplace_back(p.key(), p.value().sizes().vec());
+    EXPECT_EQ(listed, built) << "tied " << tied;
+  }
+}
+
 TEST(Model, LastExitEqualsFullModelAndSubModelsRunOnlyTheirLayers) {
   sl::Llama m = sl::load_model(ref_dir());
   torch::NoGradGuard g;

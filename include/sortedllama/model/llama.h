@@ -8,6 +8,8 @@
 // Shapes: B batch, T new tokens, S keys (cached + new), D hidden, H heads, KV key/value heads,
 // hd = D / H head dim, I intermediate (SwiGLU) width, V vocabulary rows.
 #pragma once
+#include <functional>
+
 #include <torch/torch.h>
 
 #include "sortedllama/model/config.h"
@@ -136,5 +138,11 @@ class LlamaImpl : public torch::nn::Module {
   torch::Tensor inv_freq_;  // [hd/2] rotary frequencies, fp32 on the CPU (moved per call)
 };
 TORCH_MODULE(Llama);
+
+// The name and shape of every parameter Llama(cfg) has, in named_parameters() order, without
+// allocating: loaders check untrusted files against it before building a model. fn may throw,
+// which ends the walk (a config claiming millions of layers stops at the first one not on disk).
+void for_each_parameter_shape(const ModelConfig& cfg,
+                              const std::function<void(const std::string& name, const std::vector<int64_t>& shape)>& fn);
 
 }  // namespace sl
