@@ -20,27 +20,22 @@ int exit_from_name(const std::string& name) {
 
 void read_samples(const std::string& file, SampleSet& set) {
   const int file_exit = exit_from_name(fs::path(file).filename().string());
-  for (const Record& r : read_records(file)) {
-    if (!r.value.is_object()) throw std::runtime_error(r.where + ": record is " + r.value.type_name() + ", not a JSON object");
-    std::string id;
-    for (const char* key : {"id", "question_id"})
-      if (auto it = r.value.find(key); id.empty() && it != r.value.end()) {
-        if (it->is_string()) id = it->get<std::string>();
-        else if (it->is_number_integer()) id = it->dump();
-        else throw std::runtime_error(r.where + ": field \"" + key + "\" is " + it->type_name() + ", not a string or an integer");
+  for (const Record& r : read_records(file))
+    with_location(r.where, [&] {
+      require_object(r.value);
+      std::string id = id_string(r.value, "id");
+      if (id.empty()) id = id_string(r.value, "question_id");
+      if (id.empty()) throw BadRecord("missing field \"id\"");
+      int exit = file_exit;
+      if (auto it = r.value.find("exit"); it != r.value.end()) {
+        if (!it->is_number_integer()) throw BadRecord(type_error("field \"exit\"", *it, "an integer"));
+        exit = it->get<int>();
       }
-    if (id.empty()) throw std::runtime_error(r.where + ": missing field \"id\"");
-    int exit = file_exit;
-    if (auto it = r.value.find("exit"); it != r.value.end()) {
-      if (!it->is_number_integer())
-        throw std::runtime_error(r.where + ": field \"exit\" is " + it->type_name() + ", not an integer");
-      exit = it->get<int>();
-    }
-    Sample s{string_field(r, "instruction"), "", string_field(r, "output")};
-    if (auto it = r.value.find("input"); it != r.value.end() && !it->is_null()) s.input = string_field(r, "input");
-    if (!set[exit].emplace(id, std::move(s)).second)
-      throw std::runtime_error(r.where + ": id \"" + id + "\" appears twice for exit " + std::to_string(exit));
-  }
+      Sample s{required_string(r.value, "instruction", /*allow_empty=*/true), optional_string(r.value, "input"),
+               required_string(r.value, "output", /*allow_empty=*/true)};
+      if (!set[exit].emplace(id, std::move(s)).second)
+        throw BadRecord("id \"" + id + "\" appears twice for exit " + std::to_string(exit));
+    });
 }
 }  // namespace
 

@@ -125,4 +125,12 @@ PY
 expect_error "already holds safetensors weights" "$BIN" convert --from hf-bin --input "$WORK/tiny" --out "$WORK/x"
 expect_error "no pytorch_model.bin or pytorch_model.bin.index.json" \
   "$BIN" convert --from hf-bin --input "$FX/meta1" --tokenizer "$TOK" --out "$WORK/x"
+# The 32001-row checkpoint judges (PandaLM-style): its [PAD] row is never generated or decoded.
+mkdir -p "$WORK/samples"
+printf '{"id": "1", "instruction": "Say hi", "output": "hi"}\n{"id": "2", "instruction": "Count", "output": "1 2"}\n' \
+  >"$WORK/samples/samples_exit1.jsonl"
+"$BIN" eval --task compare --samples-a "$WORK/samples" --samples-b "$WORK/samples" --judge "$WORK/pad" \
+  --judge-max-new-tokens 3 --out "$WORK/judged" >/dev/null 2>"$WORK/judge.err" || { cat "$WORK/judge.err" >&2; fail "the 32001-row judge failed"; }
+/usr/bin/python3 -c "import json,sys; r=json.load(open(sys.argv[1])); m=r['exits']['1 vs 1']; assert m['n']==2 and m['wins']+m['ties']+m['losses']==4, m" \
+  "$WORK/judged/results.json" || fail "the 32001-row judge gave no verdicts"
 echo "convert formats CLI: ok"
