@@ -44,16 +44,6 @@ std::string shape_str(c10::IntArrayRef s) {
   return out + "]";
 }
 
-nlohmann::json read_json(const std::string& path) {
-  std::ifstream f(path);
-  if (!f) throw std::runtime_error("cannot open " + path);
-  try {
-    return nlohmann::json::parse(f);
-  } catch (const nlohmann::json::parse_error& e) {
-    throw std::runtime_error(path + ": malformed JSON: " + e.what());
-  }
-}
-
 }  // namespace
 
 // One weights file of either format, memory-mapped; tensors are views of its bytes as stored.
@@ -100,7 +90,7 @@ HFWeights::HFWeights(const std::string& dir) : dir_(dir) {
       return;
     }
     index_ = index;
-    nlohmann::json j = read_json(index);
+    nlohmann::json j = read_json_file(index);
     if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
       throw std::runtime_error(index + ": missing \"weight_map\" object");
     for (auto& [name, file] : j["weight_map"].items()) {

@@ -55,16 +55,6 @@ std::vector<HFTensor> hf_tensors(const ModelConfig& c) {
   return t;
 }
 
-nlohmann::json read_json(const std::string& path) {
-  std::ifstream f(path);
-  if (!f) throw std::runtime_error("cannot open " + path);
-  try {
-    return nlohmann::json::parse(f);
-  } catch (const nlohmann::json::parse_error& e) {
-    throw std::runtime_error(path + ": malformed JSON: " + e.what());
-  }
-}
-
 // More embedding rows than pieces is fine (an added padding token); fewer is not.
 void check_tokenizer_fits(const Tokenizer& tok, int64_t rows, const std::string& weights) {
   if (tok.vocab_size() > rows)
@@ -161,7 +151,7 @@ ModelConfig meta_params(const std::string& dir, int64_t* vocab_out) {
   if (!fs::is_directory(dir)) throw std::runtime_error(dir + ": not a directory of params.json and consolidated.NN.pth");
   const std::string params_path = dir + "/params.json";
   if (!fs::exists(params_path)) throw std::runtime_error(dir + ": no params.json");
-  const nlohmann::json p = read_json(params_path);
+  const nlohmann::json p = read_json_file(params_path);
   if (!p.is_object()) throw std::runtime_error(params_path + ": expected a JSON object");
   // Defaults are those of Meta's ModelArgs; a NaN default marks a key that must be present.
   const double required = std::nan("");

@@ -1,9 +1,10 @@
 #include "sortedllama/model/config.h"
 
-#include <fstream>
 #include <limits>
 #include <stdexcept>
 #include <type_traits>
+
+#include "sortedllama/util/files.h"
 
 namespace sl {
 
@@ -83,17 +84,7 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& s
   return c;
 }
 
-ModelConfig ModelConfig::from_file(const std::string& path) {
-  std::ifstream f(path);
-  if (!f) throw std::runtime_error("cannot open " + path);
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(f);
-  } catch (const nlohmann::json::parse_error& e) {
-    throw std::runtime_error(path + ": malformed JSON: " + e.what());
-  }
-  return from_json(j, path);
-}
+ModelConfig ModelConfig::from_file(const std::string& path) { return from_json(read_json_file(path), path); }
 
 void ModelConfig::validate(const std::string& source) const {
   auto positive = [&](int64_t v, const char* key) {

@@ -2,10 +2,11 @@
 
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <functional>
 #include <sstream>
 #include <stdexcept>
+
+#include "sortedllama/util/files.h"
 
 namespace sl {
 
@@ -325,15 +326,7 @@ void apply_override(nlohmann::json& cfg, const std::string& assignment) {
 nlohmann::json resolve_train_config(const std::string& path, const std::vector<std::string>& overrides) {
   nlohmann::json cfg = default_train_config();
   if (!path.empty()) {
-    std::ifstream f(path);
-    if (!f) throw std::runtime_error("cannot open config " + path);
-    nlohmann::json user;
-    try {
-      user = nlohmann::json::parse(f);
-    } catch (const nlohmann::json::parse_error& e) {
-      throw std::runtime_error(path + ": malformed JSON: " + e.what());
-    }
-    merge(cfg, user, "", path);
+    merge(cfg, read_json_file(path), "", path);
   }
   for (const auto& o : overrides) apply_override(cfg, o);
   return cfg;

@@ -78,14 +78,8 @@ void save_trainer_state(const std::string& dir, const OptimizerState& st, int64_
 // Any number of ranks can resume a state saved by any other: it holds every parameter's moments.
 int64_t load_trainer_state(const std::string& dir, DistAdamW& opt, nlohmann::json* config) {
   const std::string path = dir + "/trainer_state.json";
-  std::ifstream f(path);
-  if (!f) throw std::runtime_error("cannot resume: " + path + " is missing");
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(f);
-  } catch (const nlohmann::json::parse_error& e) {
-    throw std::runtime_error(path + ": malformed JSON: " + e.what());
-  }
+  if (!fs::exists(path)) throw std::runtime_error("cannot resume: " + path + " is missing");
+  const nlohmann::json j = read_json_file(path);
   if (!j.is_object() || !j.contains("step") || !j["step"].is_number_integer() || j["step"].get<int64_t>() < 0 ||
       !j.contains("adam_steps") || !j["adam_steps"].is_object())
     throw std::runtime_error(path + ": missing \"step\" or \"adam_steps\"");

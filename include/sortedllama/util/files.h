@@ -4,7 +4,12 @@
 #include <functional>
 #include <string>
 
+#include <nlohmann/json.hpp>
+
 namespace sl {
+
+// Reads a JSON file; throws "cannot open PATH" or "PATH: malformed JSON: ...".
+nlohmann::json read_json_file(const std::string& path);
 
 // Writes `bytes` to a hidden temporary beside `path`, flushes it to disk, renames it over `path`
 // and flushes the directory. Throws naming the file (a full disk, a missing directory, ...).
