@@ -5,6 +5,12 @@
 # agreement with the full model's outputs. Writes bench/decoding.json and bench/decoding.md.
 #
 #   scripts/bench_decoding.sh [MODEL_DIR] [--max-new-tokens N] [--prompts FILE] [--out DIR]
+#   scripts/bench_decoding.sh --vs-llama2c [--pairs N] [--new-tokens N] [--threads 1,2] [--out DIR]
+#
+# --vs-llama2c instead compares batch-1 fp32 decoding with llama2.c's runomp on random weights of
+# two shapes (110M and 15M), both programs on the same weights, interleaved, and sortedllama's
+# batch 8 and 32 throughput; writes bench/decode_vs_llama2c.{json,md}. llama2.c is built from
+# ../shared/baselines/llama2.c into build/.
 #
 # MODEL_DIR should be a SoFT checkpoint (build/sortedllama finetune --config FILE): only sub-models
 # trained to be good make speculative drafts accepted and early exits confident. Without one the
@@ -15,6 +21,17 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${SORTEDLLAMA:-$ROOT/build/sortedllama}
 [ -x "$BIN" ] || { echo "error: $BIN not found (run scripts/setup.sh, or set SORTEDLLAMA)" >&2; exit 1; }
+
+if [ "${1-}" = --vs-llama2c ]; then
+  shift
+  BASE=$ROOT/../shared/baselines/llama2.c
+  [ -f "$BASE/run.c" ] || { echo "error: $BASE/run.c not found (the llama2.c baseline)" >&2; exit 1; }
+  [ -x "$ROOT/build/llama2c-runomp" ] || gcc -Ofast -fopenmp -march=native "$BASE/run.c" -lm -o "$ROOT/build/llama2c-runomp"
+  # A later --out among the arguments wins (argparse keeps the last).
+  exec /usr/bin/python3 "$ROOT/scripts/bench_vs_llama2c.py" --bin "$BIN" --llama2c "$ROOT/build/llama2c-runomp" \
+    --llama2c-tokenizer "$BASE/tokenizer.bin" --tokenizer "$ROOT/../shared/models/llama2-tokenizer/tokenizer.model" \
+    --work "$ROOT/build/bench-llama2c" --out "$ROOT/bench" "$@"
+fi
 
 MODEL=
 if [ $# -gt 0 ] && [[ "$1" != --* ]]; then MODEL=$1; shift; fi

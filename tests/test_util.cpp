@@ -76,7 +76,7 @@ int64_t count_op_calls(const char* op, const std::function<void()>& fn) {
       at::RecordFunctionCallback([](const at::RecordFunction& f) -> std::unique_ptr<at::ObserverContext> {
         if (std::strcmp(f.name(), counted_op) == 0) ++op_calls;
         return nullptr;
-      }).scopes({at::RecordScope::FUNCTION}));
+      }).scopes({at::RecordScope::FUNCTION, at::RecordScope::USER_SCOPE}));
   fn();
   at::removeCallback(handle);
   return op_calls;

@@ -16,8 +16,8 @@ std::string read_file(const std::string& path);
 void write_file(const std::string& path, const std::string& bytes);
 // Largest absolute difference between two tensors (as float64).
 double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b);
-// Calls of one ATen operator while fn runs on this thread, seen through libtorch's RecordFunction
-// callbacks (the profiler's hook), e.g. "aten::silu": one per decoder layer's MLP.
+// Calls of one ATen operator or user scope while fn runs on this thread, seen through libtorch's
+// RecordFunction callbacks (the profiler's hook), e.g. "sl::decoder_layer": one per decoder layer run.
 int64_t count_op_calls(const char* op, const std::function<void()>& fn);
 
 }  // namespace sl_test

@@ -160,6 +160,7 @@ Llama load_model(const std::string& dir, torch::Device device, torch::Dtype dtyp
   });
   Llama model(cfg);
   model->to(device, dtype);
+  model->use_huge_pages();
   torch::NoGradGuard no_grad;
   // The one copy: from the mapping into the parameter's dtype and device.
   for (auto& p : model->named_parameters()) p.value().copy_(sources.at(p.key()));

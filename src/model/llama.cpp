@@ -1,9 +1,27 @@
 #include "sortedllama/model/llama.h"
 
+#include <sys/mman.h>
+
+#include <cstdlib>
+
+#include "sortedllama/model/fast_step.h"
+
 namespace sl {
 
 using torch::Tensor;
 namespace F = torch::nn::functional;
+
+Tensor linear_map(const Tensor& x, const Tensor& w) {
+  if (x.numel() != w.size(1)) return F::linear(x, w);
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape.back() = w.size(0);
+  const bool plain_fp32 = x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && w.scalar_type() == torch::kFloat32 &&
+                          w.is_contiguous() && !torch::GradMode::is_enabled();
+  if (!plain_fp32) return torch::mv(w, x.reshape({-1})).view(shape);
+  Tensor xc = x.contiguous(), y = torch::empty(shape, torch::kFloat32);
+  matvec(y.data_ptr<float>(), w.data_ptr<float>(), xc.data_ptr<float>(), w.size(0), w.size(1));
+  return y;
+}
 
 Tensor RMSNormImpl::forward(const Tensor& x) {
   Tensor h = x.to(torch::kFloat32);
@@ -109,6 +127,7 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c) {
 }
 
 Tensor DecoderLayerImpl::forward(const Tensor& x, const AttnInputs& in, KVCache* cache, int layer) {
+  RECORD_USER_SCOPE("sl::decoder_layer");  // profilers and tests count the layers run
   Tensor h = x + self_attn(input_layernorm(x), in, cache, layer);
   return h + mlp(post_attention_layernorm(h));
 }
@@ -131,6 +150,7 @@ LlamaImpl::LlamaImpl(const ModelConfig& cfg) : cfg_(cfg) {
   ict_heads = register_module("ict_heads", std::make_shared<torch::nn::Module>());
   const int64_t hd = cfg_.head_dim();
   // Not a buffer: module->to(bf16) must not round the frequencies (positions * inv_freq stay fp32).
+  step_buffers_ = std::make_shared<StepBuffers>();
   inv_freq_ = (1.0 / torch::pow(cfg_.rope_theta, torch::arange(0, hd, 2, torch::kFloat64) / (double)hd)).to(torch::kFloat32);
   if (!cfg_.ict_exits.empty()) add_ict_heads(cfg_.ict_exits);
 }
@@ -174,11 +194,16 @@ AttnInputs LlamaImpl::attn_inputs(const Tensor& key_mask, int64_t B, int64_t q_s
 }
 
 Tensor LlamaImpl::layer(int i, const Tensor& x, const AttnInputs& in, KVCache* cache) {
-  return body->layers->at<DecoderLayerImpl>(i).forward(x, in, cache, i);
+  auto& l = body->layers->at<DecoderLayerImpl>(i);
+  if (!fast_step_applies(x, cache)) return l.forward(x, in, cache, i);
+  RECORD_USER_SCOPE("sl::decoder_layer");
+  return fast_layer_step(l, x, in, *cache, i, *step_buffers_);
 }
 
 void LlamaImpl::layer_kv(int i, const Tensor& x, const AttnInputs& in, KVCache& cache) {
-  body->layers->at<DecoderLayerImpl>(i).append_kv(x, in, cache, i);
+  auto& l = body->layers->at<DecoderLayerImpl>(i);
+  if (fast_step_applies(x, &cache)) fast_layer_kv_step(l, x, in, cache, i, *step_buffers_);
+  else l.append_kv(x, in, cache, i);
 }
 
 Tensor LlamaImpl::head_weight(int exit) {
@@ -187,7 +212,7 @@ Tensor LlamaImpl::head_weight(int exit) {
   return cfg_.tie_embeddings ? body->embed_tokens->weight : lm_head->weight;
 }
 
-Tensor LlamaImpl::head(const Tensor& h, int exit) { return F::linear(body->norm(h), head_weight(exit)); }
+Tensor LlamaImpl::head(const Tensor& h, int exit) { return linear_map(body->norm(h), head_weight(exit)); }
 
 std::vector<Tensor> LlamaImpl::forward(const Tensor& tokens, const std::vector<int>& exits, const Tensor& key_mask,
                                        KVCache* cache) {
@@ -205,6 +230,22 @@ std::vector<Tensor> LlamaImpl::forward(const Tensor& tokens, const std::vector<i
       if (exits[e] == i + 1) hidden[e] = x;
   }
   return hidden;
+}
+
+void LlamaImpl::use_huge_pages() {
+  constexpr size_t kHuge = size_t(2) << 20;
+  torch::NoGradGuard no_grad;
+  for (auto& p : parameters()) {
+    const size_t bytes = p.numel() * p.element_size();
+    if (!p.device().is_cpu() || bytes < kHuge) continue;
+    const size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
+    void* mem = std::aligned_alloc(kHuge, rounded);
+    TORCH_CHECK(mem, "out of memory moving ", bytes, " bytes of weights");
+    madvise(mem, rounded, MADV_HUGEPAGE);  // a hint: without THP the pages stay small, nothing else changes
+    Tensor t = torch::from_blob(mem, p.sizes(), [](void* q) { std::free(q); }, p.options());
+    t.copy_(p);
+    p.set_data(t);
+  }
 }
 
 void LlamaImpl::add_ict_heads(const std::vector<int>& exits) {

@@ -16,10 +16,13 @@
 
 namespace sl {
 
-// y = x W^T without bias; W [out, in].
+// y = x W^T without bias; x [..., in], W [out, in] -> [..., out]. One row (a decoding step) is a
+// matrix-vector product (fast_step's matvec in fp32 without autograd): a GEMM is much slower for it.
+torch::Tensor linear_map(const torch::Tensor& x, const torch::Tensor& w);
+
 struct LinearImpl : torch::nn::Module {
   LinearImpl(int64_t in, int64_t out) { weight = register_parameter("weight", torch::empty({out, in})); }
-  torch::Tensor forward(const torch::Tensor& x) { return torch::nn::functional::linear(x, weight); }
+  torch::Tensor forward(const torch::Tensor& x) { return linear_map(x, weight); }
   torch::Tensor weight;
 };
 TORCH_MODULE(Linear);
@@ -94,6 +97,8 @@ struct LlamaBodyImpl : torch::nn::Module {
 };
 TORCH_MODULE(LlamaBody);
 
+struct StepBuffers;  // model/fast_step.h
+
 class LlamaImpl : public torch::nn::Module {
  public:
   explicit LlamaImpl(const ModelConfig& cfg);
@@ -108,7 +113,8 @@ class LlamaImpl : public torch::nn::Module {
   // token, S = q_start + T) marks padding; undefined means none. Rotary positions count real tokens,
   // so left-padded prompts get the positions they would have alone.
   AttnInputs attn_inputs(const torch::Tensor& key_mask, int64_t batch, int64_t q_start, int64_t T) const;
-  torch::Tensor layer(int i, const torch::Tensor& x, const AttnInputs& in, KVCache* cache);  // 0-based i
+  // 0-based i. One new position per row in fp32 on the CPU takes model/fast_step's path.
+  torch::Tensor layer(int i, const torch::Tensor& x, const AttnInputs& in, KVCache* cache);
   // Layer i's K/V for the hidden state x [B,T,D] as its input, appended to the cache; no output.
   // Early exit uses it to give skipped layers the entries later tokens attend to (CALM state copying).
   void layer_kv(int i, const torch::Tensor& x, const AttnInputs& in, KVCache& cache);
@@ -121,6 +127,11 @@ class LlamaImpl : public torch::nn::Module {
   // exit, in the order given. With a cache, the tokens continue the cached sequence.
   std::vector<torch::Tensor> forward(const torch::Tensor& tokens, const std::vector<int>& exits,
                                      const torch::Tensor& key_mask = {}, KVCache* cache = nullptr);
+
+  // CPU parameters of 2 MiB or more move, values kept, into memory the kernel may back with
+  // transparent huge pages. A matrix read across 4 KiB pages restarts the hardware prefetcher at
+  // every page, which about halves the bandwidth a decoding step (one pass over the weights) gets.
+  void use_huge_pages();
 
   void add_ict_heads(const std::vector<int>& exits);  // heads initialised from the shared head
   bool has_ict_head(int exit) const;
@@ -136,6 +147,7 @@ class LlamaImpl : public torch::nn::Module {
  private:
   ModelConfig cfg_;
   torch::Tensor inv_freq_;  // [hd/2] rotary frequencies, fp32 on the CPU (moved per call)
+  std::shared_ptr<StepBuffers> step_buffers_;  // fast_step's scratch, reused across decoding steps
 };
 TORCH_MODULE(Llama);
 

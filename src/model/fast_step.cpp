@@ -1,0 +1,209 @@
+#include "sortedllama/model/fast_step.h"
+
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <limits>
+
+namespace sl {
+
+using torch::Tensor;
+
+namespace {
+// y[rows] = W[rows, cols] x[cols] for output rows [begin, end). Sixteen independent partial sums
+// per row let the compiler vectorise the dot product without reassociating it; the clones give
+// AVX-512 and AVX2 code on the CPUs that have them (chosen once, at load time).
+__attribute__((target_clones("avx512f", "avx2", "default"))) void dot_rows(float* y, const float* W, const float* x,
+                                                                           int64_t begin, int64_t end, int64_t cols) {
+  constexpr int kLanes = 16;
+  for (int64_t i = begin; i < end; ++i) {
+    const float* w = W + i * cols;
+    float acc[kLanes] = {0};
+    int64_t j = 0;
+    for (; j + kLanes <= cols; j += kLanes)
+      for (int k = 0; k < kLanes; ++k) acc[k] += w[j + k] * x[j + k];
+    float sum = 0;
+    for (int k = 0; k < kLanes; ++k) sum += acc[k];
+    for (; j < cols; ++j) sum += w[j] * x[j];
+    y[i] = sum;
+  }
+}
+}  // namespace
+
+void matvec(float* y, const float* W, const float* x, int64_t rows, int64_t cols) {
+  // Tasks of at least ~64K multiply-adds: fewer would cost more to hand out than they save.
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, cols));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) { dot_rows(y, W, x, begin, end, cols); });
+}
+
+namespace {
+// A buffer of at least n floats (rows leave the batch, so sizes only shrink during a generation).
+float* sized(std::vector<float>& buf, int64_t n) {
+  if ((int64_t)buf.size() < n) buf.resize(n);
+  return buf.data();
+}
+
+// out [R,n] = in [R,m] W^T with W [n,m]: matvec for one row, a BLAS GEMM for several.
+void project(float* out, const float* in, int64_t R, const Tensor& w) {
+  const int64_t n = w.size(0), m = w.size(1);
+  if (R == 1) return matvec(out, w.data_ptr<float>(), in, n, m);
+  Tensor o = torch::from_blob(out, {R, n}, torch::kFloat32);
+  at::mm_out(o, torch::from_blob(const_cast<float*>(in), {R, m}, torch::kFloat32), w.t());
+}
+
+// out = x * rsqrt(mean(x^2) + eps) * w over D values (RMSNormImpl::forward).
+void rmsnorm(float* out, const float* x, const float* w, int64_t D, double eps) {
+  double ss = 0;
+  for (int64_t d = 0; d < D; ++d) ss += (double)x[d] * x[d];
+  const float inv = (float)(1.0 / std::sqrt(ss / (double)D + eps));
+  for (int64_t d = 0; d < D; ++d) out[d] = w[d] * (x[d] * inv);
+}
+
+// HF's rotate-half rotary on one head's hd values; cos/sin [hd] at this row's position.
+void rope(float* x, const float* cos, const float* sin, int64_t hd) {
+  const int64_t half = hd / 2;
+  for (int64_t j = 0; j < half; ++j) {
+    const float a = x[j], b = x[j + half];
+    x[j] = a * cos[j] - b * sin[j];
+    x[j + half] = b * cos[j + half] + a * sin[j + half];
+  }
+}
+
+struct Dims {
+  int64_t R, D, H, KV, hd;
+};
+
+Dims dims_of(const DecoderLayerImpl& layer, const Tensor& x) {
+  const auto& a = *layer.self_attn;
+  return {x.size(0), x.size(2), a.n_heads, a.n_kv_heads, a.head_dim};
+}
+
+// xb = input_layernorm(x); k, v (and q when asked) projected, rotary applied to q and k; k/v stored
+// at slot cache.len[i] of each row, which advances.
+void project_qkv(DecoderLayerImpl& layer, const float* x, const AttnInputs& in, KVCache& cache, int i, const Dims& d,
+                 StepBuffers& buf, bool with_q) {
+  auto& attn = *layer.self_attn;
+  const int64_t kv_dim = d.KV * d.hd;
+  float* xb = sized(buf.xb, d.R * d.D);
+  const float* wn = layer.input_layernorm->weight.data_ptr<float>();
+  for (int64_t r = 0; r < d.R; ++r) rmsnorm(xb + r * d.D, x + r * d.D, wn, d.D, layer.input_layernorm->eps);
+  float* k = sized(buf.k, d.R * kv_dim);
+  float* v = sized(buf.v, d.R * kv_dim);
+  float* q = with_q ? sized(buf.q, d.R * d.H * d.hd) : nullptr;
+  project(k, xb, d.R, attn.k_proj->weight);
+  project(v, xb, d.R, attn.v_proj->weight);
+  if (with_q) project(q, xb, d.R, attn.q_proj->weight);
+
+  const int64_t slot = cache.len[i], cap = cache.capacity;
+  TORCH_CHECK(slot + 1 <= cap, "KV cache full: ", slot + 1, " > ", cap, " positions");
+  const Tensor cos = in.cos.contiguous(), sin = in.sin.contiguous();  // [R,1,1,hd]
+  TORCH_CHECK(cos.size(0) == d.R && cos.size(2) == 1, "rotary tables are not [", d.R, ",1,1,hd]");
+  float* kc = cache.k[i].data_ptr<float>();  // [R,KV,cap,hd]
+  float* vc = cache.v[i].data_ptr<float>();
+  for (int64_t r = 0; r < d.R; ++r) {
+    const float* c = cos.data_ptr<float>() + r * d.hd;
+    const float* s = sin.data_ptr<float>() + r * d.hd;
+    if (with_q)
+      for (int64_t h = 0; h < d.H; ++h) rope(q + (r * d.H + h) * d.hd, c, s, d.hd);
+    for (int64_t j = 0; j < d.KV; ++j) {
+      float* kr = k + r * kv_dim + j * d.hd;
+      const float* vr = v + r * kv_dim + j * d.hd;
+      rope(kr, c, s, d.hd);
+      const int64_t at = ((r * d.KV + j) * cap + slot) * d.hd;
+      std::copy(kr, kr + d.hd, kc + at);
+      std::copy(vr, vr + d.hd, vc + at);
+    }
+  }
+  cache.len[i] = slot + 1;
+}
+
+// att [R,H*hd] = softmax(q k^T / sqrt(hd)) v over the S cached keys each row may see.
+void attend(const AttnInputs& in, const KVCache& cache, int i, const Dims& d, StepBuffers& buf) {
+  const int64_t S = cache.len[i], cap = cache.capacity, rep = d.H / d.KV;
+  TORCH_CHECK(!in.mask.defined() || in.mask.size(3) == S, "attention mask has ", in.mask.size(3), " keys, cache ", S);
+  float* att = sized(buf.att, d.R * d.H * d.hd);
+  float* scores = sized(buf.scores, d.R * d.H * S);
+  const float* q = buf.q.data();
+  const float* kc = cache.k[i].data_ptr<float>();
+  const float* vc = cache.v[i].data_ptr<float>();
+  // mask [R,1,1,S] (often an expanded view: read through its strides); undefined = every key visible.
+  const bool* mask = in.mask.defined() ? in.mask.data_ptr<bool>() : nullptr;
+  const int64_t mask_row = mask ? in.mask.stride(0) : 0, mask_key = mask ? in.mask.stride(3) : 0;
+  const float scale = std::sqrt((float)d.hd);
+  // One (row, head) pair per task; small caches stay on one thread.
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, S * d.hd));
+  at::parallel_for(0, d.R * d.H, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t r = t / d.H, h = t % d.H, j = h / rep;
+      const float* qh = q + t * d.hd;
+      const float* kb = kc + (r * d.KV + j) * cap * d.hd;
+      const float* vb = vc + (r * d.KV + j) * cap * d.hd;
+      float* sc = scores + t * S;
+      float mx = -std::numeric_limits<float>::infinity();
+      for (int64_t s = 0; s < S; ++s) {
+        if (mask && !mask[r * mask_row + s * mask_key]) {
+          sc[s] = -std::numeric_limits<float>::infinity();
+          continue;
+        }
+        float dot = 0;
+        for (int64_t e = 0; e < d.hd; ++e) dot += qh[e] * kb[s * d.hd + e];
+        sc[s] = dot / scale;
+        mx = std::max(mx, sc[s]);
+      }
+      float sum = 0;
+      for (int64_t s = 0; s < S; ++s) sum += (sc[s] = std::exp(sc[s] - mx));
+      float* o = att + t * d.hd;
+      std::fill(o, o + d.hd, 0.0f);
+      for (int64_t s = 0; s < S; ++s) {
+        if (sc[s] == 0) continue;
+        const float p = sc[s] / sum;
+        for (int64_t e = 0; e < d.hd; ++e) o[e] += p * vb[s * d.hd + e];
+      }
+    }
+  });
+}
+}  // namespace
+
+bool fast_step_applies(const Tensor& x, const KVCache* cache) {
+  return cache && x.dim() == 3 && x.size(1) == 1 && x.device().is_cpu() && x.scalar_type() == torch::kFloat32 &&
+         !torch::GradMode::is_enabled() && !cache->k.empty() && cache->k[0].scalar_type() == torch::kFloat32 &&
+         cache->k[0].is_contiguous() && cache->v[0].is_contiguous();
+}
+
+Tensor fast_layer_step(DecoderLayerImpl& layer, const Tensor& x_in, const AttnInputs& in, KVCache& cache, int i,
+                       StepBuffers& buf) {
+  const Tensor x = x_in.contiguous();
+  const Dims d = dims_of(layer, x);
+  const int64_t n = d.R * d.D, I = layer.mlp->gate_proj->weight.size(0);
+  Tensor out = torch::empty({d.R, 1, d.D}, torch::kFloat32);  // [R,1,D]
+  float* h = out.data_ptr<float>();
+  const float* xp = x.data_ptr<float>();
+
+  // h = x + o_proj(attention(input_layernorm(x)))
+  project_qkv(layer, xp, in, cache, i, d, buf, /*with_q=*/true);
+  attend(in, cache, i, d, buf);
+  float* proj = sized(buf.proj, n);
+  project(proj, buf.att.data(), d.R, layer.self_attn->o_proj->weight);
+  for (int64_t e = 0; e < n; ++e) h[e] = xp[e] + proj[e];
+
+  // out = h + down_proj(silu(gate_proj(m)) * up_proj(m)), m = post_attention_layernorm(h)
+  float* xb = sized(buf.xb, n);
+  const float* wn = layer.post_attention_layernorm->weight.data_ptr<float>();
+  for (int64_t r = 0; r < d.R; ++r) rmsnorm(xb + r * d.D, h + r * d.D, wn, d.D, layer.post_attention_layernorm->eps);
+  float* g = sized(buf.gate, d.R * I);
+  float* u = sized(buf.up, d.R * I);
+  project(g, xb, d.R, layer.mlp->gate_proj->weight);
+  project(u, xb, d.R, layer.mlp->up_proj->weight);
+  for (int64_t e = 0; e < d.R * I; ++e) g[e] = g[e] / (1.0f + std::exp(-g[e])) * u[e];
+  project(proj, g, d.R, layer.mlp->down_proj->weight);
+  for (int64_t e = 0; e < n; ++e) h[e] += proj[e];
+  return out;
+}
+
+void fast_layer_kv_step(DecoderLayerImpl& layer, const Tensor& x_in, const AttnInputs& in, KVCache& cache, int i,
+                        StepBuffers& buf) {
+  const Tensor x = x_in.contiguous();
+  project_qkv(layer, x.data_ptr<float>(), in, cache, i, dims_of(layer, x), buf, /*with_q=*/false);
+}
+
+}  // namespace sl

@@ -1,0 +1,115 @@
+// The one-position CPU step against the general layer it replaces during decoding.
+#include <gtest/gtest.h>
+
+#include <map>
+
+#include "sortedllama/io/checkpoint.h"
+#include "sortedllama/model/fast_step.h"
+#include "test_util.h"
+
+using torch::Tensor;
+
+namespace {
+sl::KVCache copy_of(const sl::KVCache& c) {
+  sl::KVCache out = c;
+  for (size_t i = 0; i < c.k.size(); ++i) {
+    out.k[i] = c.k[i].clone();
+    out.v[i] = c.v[i].clone();
+  }
+  return out;
+}
+
+// R rows whose cache already holds 6 positions (row 1 left-padded by 2, row 2 with a hole at slot 3,
+// as speculative rounds leave them), and the mask for one more position at slot 6.
+struct Batch {
+  sl::KVCache cache;
+  Tensor key_mask;  // [R,7]
+};
+
+Batch filled_batch(sl::Llama& m, int64_t R) {
+  const auto& cfg = m->config();
+  Tensor key_mask = torch::ones({R, 7}, torch::kInt64);
+  if (R > 1) key_mask[1].narrow(0, 0, 2).fill_(0);
+  if (R > 2) key_mask[2][3] = 0;
+  sl::KVCache cache(cfg, R, 12, torch::kFloat32);
+  torch::manual_seed(3);
+  m->forward(torch::randint(cfg.vocab_size, {R, 6}), {(int)cfg.n_layers}, key_mask.narrow(1, 0, 6), &cache);
+  return {cache, key_mask};
+}
+}  // namespace
+
+TEST(FastStep, EqualsTheGeneralLayerForOnePosition) {
+  sl::Llama m = sl::load_model(sl_test::source_dir() + "/tests/data/ref_gqa");  // 4 heads over 2 KV heads
+  torch::NoGradGuard g;
+  const auto& cfg = m->config();
+  sl::StepBuffers buf;
+  // One row (matrix-vector products) with and without a key mask, several rows (GEMM).
+  for (auto [R, use_mask] : {std::pair<int64_t, bool>{1, false}, {1, true}, {3, true}}) {
+    Batch b = filled_batch(m, R);
+    sl::KVCache general = copy_of(b.cache), fast = copy_of(b.cache);
+    sl::AttnInputs in = m->attn_inputs(use_mask ? b.key_mask : Tensor(), R, 6, 1);
+    ASSERT_EQ(in.mask.defined(), use_mask);
+    Tensor x = torch::randn({R, 1, cfg.dim});
+    for (int i = 0; i < (int)cfg.n_layers; ++i) {
+      auto& layer = m->body->layers->at<sl::DecoderLayerImpl>(i);
+      Tensor want = layer.forward(x, in, &general, i);
+      Tensor got = sl::fast_layer_step(layer, x, in, fast, i, buf);
+      const std::string where = "R " + std::to_string(R) + " mask " + std::to_string(use_mask) + " layer " + std::to_string(i);
+      EXPECT_LT(sl_test::max_abs_diff(got, want), 1e-5) << where;
+      EXPECT_EQ(fast.len[i], general.len[i]) << where;
+      EXPECT_LT(sl_test::max_abs_diff(fast.k[i], general.k[i]), 1e-6) << where;
+      EXPECT_LT(sl_test::max_abs_diff(fast.v[i], general.v[i]), 1e-6) << where;
+      x = want;
+    }
+  }
+}
+
+TEST(FastStep, KvOnlyStepEqualsTheGeneralAppend) {
+  sl::Llama m = sl::load_model(sl_test::source_dir() + "/tests/data/ref_gqa");
+  torch::NoGradGuard g;
+  sl::StepBuffers buf;
+  Batch b = filled_batch(m, 3);
+  sl::KVCache general = copy_of(b.cache), fast = copy_of(b.cache);
+  sl::AttnInputs in = m->attn_inputs(b.key_mask, 3, 6, 1);
+  Tensor x = torch::randn({3, 1, m->config().dim});
+  auto& layer = m->body->layers->at<sl::DecoderLayerImpl>(2);
+  layer.append_kv(x, in, general, 2);
+  sl::fast_layer_kv_step(layer, x, in, fast, 2, buf);
+  EXPECT_EQ(fast.len[2], 7);
+  EXPECT_LT(sl_test::max_abs_diff(fast.k[2], general.k[2]), 1e-6);
+  EXPECT_LT(sl_test::max_abs_diff(fast.v[2], general.v[2]), 1e-6);
+}
+
+TEST(FastStep, AppliesOnlyToOneFp32PositionWithoutAutograd) {
+  sl::Llama m = sl::load_model(sl_test::source_dir() + "/tests/data/ref_gqa");
+  sl::KVCache cache(m->config(), 2, 8, torch::kFloat32);
+  Tensor one = torch::zeros({2, 1, 32}), two = torch::zeros({2, 2, 32});
+  EXPECT_FALSE(sl::fast_step_applies(one, &cache)) << "autograd is on: training takes the general path";
+  torch::NoGradGuard g;
+  EXPECT_TRUE(sl::fast_step_applies(one, &cache));
+  EXPECT_FALSE(sl::fast_step_applies(one, nullptr));
+  EXPECT_FALSE(sl::fast_step_applies(two, &cache));
+  EXPECT_FALSE(sl::fast_step_applies(one.to(torch::kBFloat16), &cache));
+  sl::KVCache bf16(m->config(), 2, 8, torch::kBFloat16);
+  EXPECT_FALSE(sl::fast_step_applies(one, &bf16));
+}
+
+TEST(HugePages, LargeWeightsMoveWithTheirValuesAndStillTrain) {
+  sl::ModelConfig c;
+  c.dim = 512, c.hidden_dim = 64, c.n_layers = 1, c.n_heads = 8, c.n_kv_heads = 8, c.vocab_size = 1024, c.max_seq_len = 16;
+  sl::Llama m(c);
+  m->init_weights(0.02, 1);
+  std::map<std::string, Tensor> before;
+  for (auto& p : m->named_parameters()) before[p.key()] = p.value().clone();
+  m->use_huge_pages();
+  for (auto& p : m->named_parameters()) {
+    EXPECT_TRUE(torch::equal(p.value(), before.at(p.key()))) << p.key();
+    if (p.value().numel() * 4 >= (2 << 20))  // the [1024,512] embedding and head
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(p.value().data_ptr()) % (2 << 20), 0u) << p.key();
+  }
+  // Still the module's parameters: gradients reach the moved tensors.
+  Tensor loss = m->head(m->forward(torch::tensor({{1, 2, 3}}), {1})[0], 1).square().mean();
+  loss.backward();
+  EXPECT_TRUE(m->body->embed_tokens->weight.grad().defined());
+  EXPECT_GT(m->lm_head->weight.grad().abs().sum().item<double>(), 0);
+}
