@@ -69,6 +69,17 @@ def total_ms(rows):
     return sum(r["stats"]["prefill_ms"] + r["stats"]["decode_ms"] for r in rows)
 
 
+def per_position(rows, key):
+    """Element-wise sum of a per-draft-position array over the rows (arrays grow with the longest draft)."""
+    total = []
+    for r in rows:
+        for j, v in enumerate(r["stats"][key]):
+            if j == len(total):
+                total.append(0)
+            total[j] += v
+    return total
+
+
 def summarise(rows, full):
     new = sum(r["stats"]["new_tokens"] for r in rows)
     ms = total_ms(rows)
@@ -77,13 +88,16 @@ def summarise(rows, full):
     decode = sum(r["stats"]["decode_ms"] for r in rows)
     out = {"new_tokens": new, "ms_per_token": ms / new if new else 0.0,
            "decode_ms_per_token": decode / later if later else 0.0}
-    if any("drafted" in r["stats"] for r in rows):
-        drafted = sum(r["stats"]["drafted"] for r in rows)
-        accepted = sum(r["stats"]["accepted"] for r in rows)
-        rounds = sum(r["stats"]["rounds"] for r in rows)
+    # Batch size 1: each row's "stats" (DecodeStats::to_json, docs/results_schema.md) is its own run; add them up.
+    if any(r["stats"]["mode"] == "speculative" for r in rows):
+        drafted, accepted, rounds = (sum(r["stats"][k] for r in rows) for k in ("drafted", "accepted", "rounds"))
+        proposed_at, accepted_at = per_position(rows, "proposed_at"), per_position(rows, "accepted_at")
         out.update(acceptance_rate=accepted / drafted if drafted else 0.0,
-                   mean_accepted_per_round=accepted / rounds if rounds else 0.0)
-    if any("mean_layers_per_token" in r["stats"] for r in rows):
+                   mean_accepted_per_round=accepted / rounds if rounds else 0.0,
+                   mean_tokens_per_round=(accepted + rounds) / rounds if rounds else 0.0,
+                   draft_ms=sum(r["stats"]["draft_ms"] for r in rows), verify_ms=sum(r["stats"]["verify_ms"] for r in rows),
+                   acceptance_rate_at=[a / p if p else 0.0 for a, p in zip(accepted_at, proposed_at)])
+    if any(r["stats"]["mode"] == "dynamic" for r in rows):
         layers = sum(r["stats"]["mean_layers_per_token"] * r["stats"]["new_tokens"] for r in rows)
         out["mean_layers_per_token"] = layers / new if new else 0.0
     if full is not None:

@@ -6,11 +6,8 @@
 #include <spdlog/spdlog.h>
 
 #include "cli.h"
-#include "sortedllama/decode/dynamic.h"
-#include "sortedllama/model/exits.h"
-#include "sortedllama/decode/plain.h"
 #include "sortedllama/data/records.h"
-#include "sortedllama/decode/speculative.h"
+#include "sortedllama/decode/generate.h"
 
 namespace sl {
 
@@ -32,85 +29,53 @@ struct GenerateArgs {
 struct BatchRun {
   std::vector<Generation> gens;
   std::vector<std::vector<int>> exits;  // --dynamic: each token's exit layer
-  nlohmann::json stats;
-  double ms_per_token = 0;
+  DecodeStats stats;
+  nlohmann::json json;  // stats.to_json() and the mode's settings
   std::string summary;
 };
 
-nlohmann::json plain_stats(const GenerateStats& st) {
-  return {{"prefill_ms", st.prefill_ms},
-          {"decode_ms", st.decode_ms},
-          {"tokens_per_s", st.decode_ms > 0 ? 1000.0 * st.new_tokens / st.decode_ms : 0.0},
-          {"ms_per_token", st.new_tokens ? (st.prefill_ms + st.decode_ms) / st.new_tokens : 0.0}};
+std::string summary(const DecodeOptions& o, const DecodeStats& st) {
+  const std::string speed = fmt::format("{:.1f} tokens/s, {:.2f} ms/token", st.tokens_per_s(), st.ms_per_token());
+  switch (o.strategy) {
+    case Strategy::kSpeculative:
+      return fmt::format("speculative (draft layer {}, verifier {}): drafted {}, accepted {} ({:.1f}%), {} rounds, "
+                         "{:.2f} accepted/round, draft {:.1f} ms, verify {:.1f} ms, {}",
+                         o.speculative.draft_layer, o.exit_layer, st.drafted, st.accepted, 100 * st.acceptance_rate(),
+                         st.rounds, st.mean_accepted_per_round(), st.draft_ms, st.verify_ms, speed);
+    case Strategy::kDynamic: {
+      std::string hist;
+      for (const auto& [k, n] : st.exit_histogram) hist += fmt::format("{}{}:{}", hist.empty() ? "" : " ", k, n);
+      return fmt::format("dynamic ({}, {}): exits {}, {:.2f} layers/token, {}", format_thresholds(o.dynamic.thresholds),
+                         confidence_name(o.dynamic.confidence), hist, st.mean_layers_per_token(), speed);
+    }
+    case Strategy::kPlain: break;
+  }
+  return fmt::format("exit {}: {} prompt tokens, {} new tokens, {}", o.exit_layer, st.prompt_tokens, st.new_tokens, speed);
 }
 
-BatchRun run_batch(Llama& model, const std::vector<std::vector<int>>& ids, const GenerateArgs& a,
-                   const GenerateOptions& base) {
-  BatchRun run;
-  if (a.speculative) {
-    SpeculativeOptions o;
-    static_cast<GenerateOptions&>(o) = base;
-    o.draft_layer = a.draft_layer;
-    o.draft_tokens = a.draft_tokens;
-    SpeculativeStats st;
-    run.gens = generate_speculative(model, ids, o, &st);
-    run.ms_per_token = st.ms_per_token();
-    run.stats = {{"mode", "speculative"},
-                 {"draft_layer", a.draft_layer},
-                 {"draft_tokens", a.draft_tokens ? nlohmann::json(a.draft_tokens) : nlohmann::json("adaptive")},
-                 {"drafted", st.drafted},
-                 {"accepted", st.accepted},
-                 {"acceptance_rate", st.acceptance_rate()},
-                 {"rounds", st.rounds},
-                 {"mean_accepted_per_round", st.mean_accepted_per_round()},
-                 {"prefill_ms", st.prefill_ms},
-                 {"decode_ms", st.decode_ms},
-                 {"tokens_per_s", st.tokens_per_s()},
-                 {"ms_per_token", run.ms_per_token}};
-    run.summary = fmt::format("speculative (draft layer {}, verifier {}): drafted {}, accepted {} ({:.1f}%), {} rounds, "
-                              "{:.2f} accepted/round, {:.1f} tokens/s, {:.2f} ms/token",
-                              a.draft_layer, base.exit_layer, st.drafted, st.accepted, 100 * st.acceptance_rate(),
-                              st.rounds, st.mean_accepted_per_round(), st.tokens_per_s(), run.ms_per_token);
-  } else if (a.dynamic) {
-    DynamicOptions o;
-    static_cast<StopRule&>(o) = base;
-    o.sampling = base.sampling;
-    o.seed = base.seed;
-    const int L = (int)model->config().n_layers;
-    o.thresholds = a.thresholds.empty() ? default_thresholds(L) : parse_thresholds(a.thresholds, L);
-    o.confidence = parse_confidence(a.confidence);
-    run.exits.resize(ids.size());
-    o.on_exit = [&](size_t row, int exit, double) { run.exits[row].push_back(exit); };
-    DynamicStats st;
-    run.gens = generate_dynamic(model, ids, o, &st);
-    run.ms_per_token = st.ms_per_token();
-    nlohmann::json hist = nlohmann::json::object();
-    std::string hist_text;
-    for (const auto& [k, n] : st.exit_histogram) {
-      hist[std::to_string(k)] = n;
-      hist_text += fmt::format("{}{}:{}", hist_text.empty() ? "" : " ", k, n);
-    }
-    run.stats = {{"mode", "dynamic"},
-                 {"thresholds", format_thresholds(o.thresholds)},
-                 {"confidence", confidence_name(o.confidence)},
-                 {"exit_histogram", hist},
-                 {"mean_layers_per_token", st.mean_layers_per_token()},
-                 {"prefill_ms", st.prefill_ms},
-                 {"decode_ms", st.decode_ms},
-                 {"tokens_per_s", st.tokens_per_s()},
-                 {"ms_per_token", run.ms_per_token}};
-    run.summary = fmt::format("dynamic ({}, {}): exits {}, {:.2f} layers/token, {:.1f} tokens/s, {:.2f} ms/token",
-                              format_thresholds(o.thresholds), confidence_name(o.confidence), hist_text, st.mean_layers_per_token(),
-                              st.tokens_per_s(), run.ms_per_token);
-  } else {
-    GenerateStats st;
-    run.gens = generate(model, ids, base, &st);
-    run.stats = plain_stats(st);
-    run.stats["mode"] = "plain";
-    run.ms_per_token = run.stats["ms_per_token"];
-    run.summary = fmt::format("exit {}: {} prompt tokens, {} new tokens, {:.1f} tokens/s, {:.2f} ms/token", base.exit_layer,
-                              st.prompt_tokens, st.new_tokens, run.stats["tokens_per_s"].get<double>(), run.ms_per_token);
+// The settings of the mode beside its stats in --json.
+void add_settings(nlohmann::json& j, const DecodeOptions& o) {
+  if (o.strategy == Strategy::kSpeculative) {
+    j["draft_layer"] = o.speculative.draft_layer;
+    j["draft_tokens"] = o.speculative.draft_tokens ? nlohmann::json(o.speculative.draft_tokens) : nlohmann::json("adaptive");
   }
+  if (o.strategy == Strategy::kDynamic) {
+    j["thresholds"] = format_thresholds(o.dynamic.thresholds);
+    j["confidence"] = confidence_name(o.dynamic.confidence);
+  }
+}
+
+BatchRun run_batch(Llama& model, const std::vector<std::vector<int>>& ids, const DecodeOptions& opt) {
+  BatchRun run;
+  DecodeOptions o = opt;
+  if (o.strategy == Strategy::kDynamic) {
+    run.exits.resize(ids.size());
+    o.dynamic.on_exit = [&](size_t row, int exit, double) { run.exits[row].push_back(exit); };
+  }
+  run.gens = generate(model, ids, o, &run.stats);
+  run.json = run.stats.to_json();
+  add_settings(run.json, o);
+  run.summary = summary(o, run.stats);
   return run;
 }
 
@@ -131,33 +96,31 @@ std::vector<std::string> read_prompts(const std::string& path) {
 }
 
 // The decoding options the arguments ask for, checked against the model.
-GenerateOptions plan_options(GenerateArgs& a, const LoadedModel& m) {
+DecodeOptions plan_options(const GenerateArgs& a, const LoadedModel& m) {
   const auto& cfg = m.model->config();
   if (a.exit_layer_given && (a.exit_layer < 1 || a.exit_layer > cfg.n_layers))
     throw std::runtime_error("--exit-layer " + std::to_string(a.exit_layer) + " is outside the model's 1.." +
                              std::to_string(cfg.n_layers) + " layers");
   if (a.thresholds_given && a.thresholds.empty()) throw std::runtime_error("--thresholds is empty (omit it for the defaults)");
-  if (a.dynamic && a.exit_layer > 0)
-    throw std::runtime_error("--dynamic runs the full model: it takes no --exit-layer");
-  GenerateOptions opt;
-  opt.exit_layer = a.exit_layer > 0 ? a.exit_layer : (int)cfg.n_layers;
+  if (a.draft_layer_given && a.draft_layer < 1) throw std::runtime_error("--draft-layer must be at least 1");
+  DecodeOptions opt;
+  opt.strategy = a.speculative ? Strategy::kSpeculative : a.dynamic ? Strategy::kDynamic : Strategy::kPlain;
+  opt.exit_layer = a.exit_layer;
   opt.max_new_tokens = a.max_new_tokens;
   opt.sampling = {a.temperature, a.top_p, a.top_k};
   opt.seed = parse_u64(a.seed, "--seed");
   opt.eos_id = cfg.eos_id;
   opt.sampling.vocab_limit = m.tokenizer->vocab_size();
-  if (a.draft_layer_given && a.draft_layer < 1) throw std::runtime_error("--draft-layer must be at least 1");
-  if (a.speculative && !a.draft_layer_given) a.draft_layer = parse_exits("auto", (int)cfg.n_layers).front();
-  if (a.speculative && (a.draft_layer < 1 || a.draft_layer >= opt.exit_layer))
-    throw std::runtime_error("--draft-layer " + std::to_string(a.draft_layer) + " must be in 1.." +
-                             std::to_string(opt.exit_layer - 1) + " (below the verifier's " +
-                             std::to_string(opt.exit_layer) + " layers)");
-  return opt;
+  opt.speculative.draft_layer = a.draft_layer;
+  opt.speculative.draft_tokens = a.draft_tokens;
+  if (!a.thresholds.empty()) opt.dynamic.thresholds = parse_thresholds(a.thresholds, (int)cfg.n_layers);
+  opt.dynamic.confidence = parse_confidence(a.confidence);
+  return opt.resolved((int)cfg.n_layers);
 }
 
 // One batch's prompts as token ids, checked against the model's memory and context.
 std::vector<std::vector<int>> encode_batch(const std::vector<std::string>& prompts, size_t start, size_t end,
-                                           const LoadedModel& m, const GenerateOptions& opt) {
+                                           const LoadedModel& m, const DecodeOptions& opt) {
   std::vector<std::vector<int>> ids;
   size_t longest = 0;
   for (size_t i = start; i < end; ++i) {
@@ -176,26 +139,27 @@ std::vector<std::vector<int>> encode_batch(const std::vector<std::string>& promp
 
 // --compare-baseline: plain decoding of the same sub-model (the full model for --dynamic).
 std::vector<Generation> compare_with_baseline(LoadedModel& m, const std::vector<std::vector<int>>& ids,
-                                              const GenerateOptions& opt, BatchRun& run) {
-  GenerateStats st;
-  std::vector<Generation> base = generate(m.model, ids, opt, &st);
-  nlohmann::json b = plain_stats(st);
-  const double speedup = run.ms_per_token > 0 ? b["ms_per_token"].get<double>() / run.ms_per_token : 0.0;
+                                              const DecodeOptions& opt, BatchRun& run) {
+  DecodeOptions plain = opt;
+  plain.strategy = Strategy::kPlain;
+  DecodeStats st;
+  std::vector<Generation> base = generate(m.model, ids, plain, &st);
+  const double speedup = run.stats.ms_per_token() > 0 ? st.ms_per_token() / run.stats.ms_per_token() : 0.0;
   int same = 0;
   for (size_t i = 0; i < ids.size(); ++i) same += run.gens[i].tokens == base[i].tokens;
-  run.stats["baseline"] = b;
-  run.stats["speedup"] = speedup;
-  run.stats["identical_to_baseline"] = same;
+  run.json["baseline"] = st.to_json();
+  run.json["speedup"] = speedup;
+  run.json["identical_to_baseline"] = same;
   run.summary += fmt::format("; baseline (exit {}) {:.2f} ms/token, speedup {:.2f}x, {}/{} outputs identical",
-                             opt.exit_layer, b["ms_per_token"].get<double>(), speedup, same, ids.size());
+                             opt.exit_layer, st.ms_per_token(), speedup, same, ids.size());
   return base;
 }
 
 // --json: one object per prompt with its text, tokens and the batch's decoding statistics.
 nlohmann::json generation_json(const std::string& prompt, const std::string& text, const Generation& gen, size_t i,
                                const std::vector<std::vector<int>>& ids, const BatchRun& run, const GenerateArgs& a,
-                               const GenerateOptions& opt, const std::vector<Generation>& base) {
-  nlohmann::json st = run.stats;
+                               const DecodeOptions& opt, const std::vector<Generation>& base) {
+  nlohmann::json st = run.json;
   st["prompt_tokens"] = ids[i].size();
   st["new_tokens"] = gen.tokens.size();
   st["batch_size"] = run.gens.size();
@@ -215,10 +179,10 @@ void run_generate(GenerateArgs a, const GlobalOptions& g) {
     throw std::runtime_error("generate needs exactly one of --prompt and --prompt-file");
   std::vector<std::string> prompts = a.prompt_given ? std::vector<std::string>{a.prompt} : read_prompts(a.prompt_file);
   LoadedModel m = load_model_and_tokenizer(a.model, a.tokenizer, g);
-  const GenerateOptions opt = plan_options(a, m);
+  const DecodeOptions opt = plan_options(a, m);
   const bool stream = prompts.size() == 1 && !a.json;
   std::string shown;  // text already printed while streaming
-  GenerateOptions streaming = opt;
+  DecodeOptions streaming = opt;
   if (stream)
     streaming.on_token = [&](size_t, const std::vector<int>& toks) {
       std::string text = m.tokenizer->decode(toks);
@@ -231,14 +195,15 @@ void run_generate(GenerateArgs a, const GlobalOptions& g) {
       return false;
     };
   if (a.compare_baseline) {  // warm-up: the first timed run must not pay for set-up
-    GenerateOptions w = opt;
+    DecodeOptions w = opt;
+    w.strategy = Strategy::kPlain;
     w.max_new_tokens = 2;
     generate(m.model, {m.tokenizer->encode(prompts[0], true)}, w);
   }
   for (size_t start = 0; start < prompts.size(); start += (size_t)a.batch_size) {
     const std::vector<std::vector<int>> ids =
         encode_batch(prompts, start, std::min(prompts.size(), start + (size_t)a.batch_size), m, opt);
-    BatchRun run = run_batch(m.model, ids, a, streaming);
+    BatchRun run = run_batch(m.model, ids, streaming);
     const std::vector<Generation> base = a.compare_baseline ? compare_with_baseline(m, ids, opt, run) : std::vector<Generation>{};
     for (size_t i = 0; i < run.gens.size(); ++i) {
       const std::string text = m.tokenizer->decode(run.gens[i].tokens);

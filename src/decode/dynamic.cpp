@@ -1,79 +1,42 @@
-#include "sortedllama/decode/dynamic.h"
-
+// Instance-aware dynamic inference (early exit): each token leaves at the first exit that is sure.
+//
+// Per token the layers run in order; after each exit layer k of the threshold set, the sub-model
+// k's head (the exit's ICT head when the checkpoint has one, via model->head) gives a confidence,
+// top-1 probability or top-1 minus top-2 (softmax at temperature 1, whatever the sampling settings);
+// the first exit whose confidence reaches its threshold emits the token (argmax, or sampled from
+// that exit's logits with the sampling settings). The last layer always accepts.
+//
+// Skipped layers still owe later tokens their K/V. Choice: CALM-style state copying. The exited
+// hidden state h_k is the input of every deeper layer for that position: each deeper layer caches
+// the K/V it would compute from h_k (LlamaImpl::layer_kv: input norm, K/V projections, rotary),
+// costing two projections per skipped layer instead of a whole layer, and nothing is ever missing
+// or recomputed. So a position's entries in layer i are computed from its layer-i input when it
+// ran that far, and from its exit state otherwise; tests check generation against a cache-free
+// recomputation with exactly these semantics. Batched: while any row still runs, a layer runs
+// for the whole batch with the exited rows' input held at their exit state (their output is
+// discarded; the K/V they cache are exactly the copied state's); once every row has exited, the
+// remaining layers only append K/V. The prompt runs through every layer.
 #include <cmath>
-#include <iterator>
-#include <sstream>
 
-#include "sortedllama/model/exits.h"
 #include "sortedllama/util/stopwatch.h"
+#include "strategies.h"
 
 namespace sl {
 
 using torch::Tensor;
 
-std::vector<ExitThreshold> default_thresholds(int n_layers) {
-  static const double paper[] = {0.95, 0.95, 0.9, 0.9, 0.8, 0.8, 0.7};  // exits 12..36 of 40 layers
-  std::vector<ExitThreshold> t;
-  for (int k : parse_exits("auto", n_layers))
-    if (k < n_layers && t.size() < std::size(paper)) t.push_back({k, paper[t.size()]});
-  return t;
-}
-
-std::vector<ExitThreshold> parse_thresholds(const std::string& spec, int n_layers) {
-  std::vector<ExitThreshold> t;
-  std::stringstream ss(spec);
-  for (std::string item; std::getline(ss, item, ',');) {
-    const size_t colon = item.find(':');
-    size_t used_k = 0, used_t = 0;
-    ExitThreshold e{0, 0.0};
-    try {
-      e.layer = std::stoi(item.substr(0, colon), &used_k);
-      e.threshold = std::stod(item.substr(colon + 1), &used_t);
-    } catch (const std::exception&) {
-      used_k = used_t = 0;
-    }
-    if (colon == std::string::npos || used_k != colon || used_t == 0 || used_t != item.size() - colon - 1)
-      throw std::runtime_error("thresholds \"" + spec + "\": \"" + item + "\" is not LAYER:THRESHOLD (e.g. 12:0.95)");
-    if (e.layer < 1 || e.layer > n_layers)
-      throw std::runtime_error("thresholds \"" + spec + "\": layer " + std::to_string(e.layer) +
-                               " is outside the model's 1.." + std::to_string(n_layers) + " layers");
-    if (!t.empty() && e.layer <= t.back().layer)
-      throw std::runtime_error("thresholds \"" + spec + "\": layers must increase");
-    if (!std::isfinite(e.threshold) || e.threshold < 0)
-      throw std::runtime_error("thresholds \"" + spec + "\": \"" + item +
-                               "\": a threshold is a confidence in [0, 1] (above 1: never exit there)");
-    t.push_back(e);
-  }
-  if (t.empty()) throw std::runtime_error("thresholds are empty");
-  return t;
-}
-
-Confidence parse_confidence(const std::string& name) {
-  if (name == "max_prob") return Confidence::kMaxProb;
-  if (name == "margin") return Confidence::kMargin;
-  throw std::runtime_error("confidence \"" + name + "\" is not max_prob or margin");
-}
-
-const char* confidence_name(Confidence c) { return c == Confidence::kMargin ? "margin" : "max_prob"; }
-
-std::string format_thresholds(const std::vector<ExitThreshold>& t) {
-  std::ostringstream s;
-  for (size_t i = 0; i < t.size(); ++i) s << (i ? "," : "") << t[i].layer << ":" << t[i].threshold;
-  return s.str();
-}
-
 namespace {
 // One position's exit decisions for every running row.
 struct ExitDecider {
   Llama& model;
-  const DynamicOptions& opt;
+  const DecodeOptions& opt;
   const std::vector<double>& threshold;  // per layer 1..L; NaN = not an exit
   at::Generator& gen;
   const std::vector<int64_t>& seqs;      // batch row -> sequence index
   std::vector<int> token, exit;          // per row; exit 0 = still running
   int left;
 
-  ExitDecider(Llama& m, const DynamicOptions& o, const std::vector<double>& t, at::Generator& g, const std::vector<int64_t>& s)
+  ExitDecider(Llama& m, const DecodeOptions& o, const std::vector<double>& t, at::Generator& g, const std::vector<int64_t>& s)
       : model(m), opt(o), threshold(t), gen(g), seqs(s), token(s.size(), -1), exit(s.size(), 0), left((int)s.size()) {}
 
   // Exit k's test on the running rows of x [R,D]. Returns the rows that leave here as a mask [R].
@@ -86,7 +49,7 @@ struct ExitDecider {
     Tensor idx = torch::tensor(running, torch::kInt64);
     Tensor logits = model->head((int64_t)running.size() == R ? x : x.index_select(0, idx.to(x.device())), k);  // [U,V]
     Tensor top = std::get<0>(decodable_logits(logits, opt.sampling).to(torch::kFloat32).softmax(-1).topk(2, -1)).to(torch::kCPU);  // [U,2]
-    Tensor conf = opt.confidence == Confidence::kMargin ? top.select(1, 0) - top.select(1, 1) : top.select(1, 0);  // [U]
+    Tensor conf = opt.dynamic.confidence == Confidence::kMargin ? top.select(1, 0) - top.select(1, 1) : top.select(1, 0);  // [U]
     Tensor leave = last ? torch::ones_like(conf, torch::kBool) : conf >= threshold[k];  // [U]
     Tensor sel = leave.nonzero().squeeze(1);                                            // [E] into running
     Tensor mask = torch::zeros({R}, torch::kBool);
@@ -99,7 +62,7 @@ struct ExitDecider {
       exit[r] = k;
       mask[r].fill_(true);
       --left;
-      if (opt.on_exit) opt.on_exit(seqs[r], k, conf[u].item<double>());
+      if (opt.dynamic.on_exit) opt.dynamic.on_exit(seqs[r], k, conf[u].item<double>());
     }
     return mask;
   }
@@ -107,15 +70,11 @@ struct ExitDecider {
 }  // namespace
 
 std::vector<Generation> generate_dynamic(Llama& model, const std::vector<std::vector<int>>& prompts,
-                                         const DynamicOptions& opt, DynamicStats* stats) {
-  torch::NoGradGuard no_grad;
-  const auto& cfg = model->config();
-  const int L = (int)cfg.n_layers;
+                                         const DecodeOptions& opt, DecodeStats& stats) {
+  const int L = (int)model->config().n_layers;
   std::vector<double> threshold(L + 1, std::nan(""));  // per layer; the last always accepts
   std::vector<int> exits;                              // increasing, ends with L
-  for (const auto& t : opt.thresholds.empty() ? default_thresholds(L) : opt.thresholds) {
-    TORCH_CHECK(t.layer >= 1 && t.layer <= L && (exits.empty() || t.layer > exits.back()),
-                "threshold layers must increase within 1..", L);
+  for (const auto& t : opt.dynamic.thresholds) {
     threshold[t.layer] = t.threshold;
     exits.push_back(t.layer);
   }
@@ -133,16 +92,14 @@ std::vector<Generation> generate_dynamic(Llama& model, const std::vector<std::ve
   auto finish_step = [&](const ExitDecider& d) {
     std::vector<int64_t> keep, next;
     for (size_t r = 0; r < batch.rows.size(); ++r) {
-      if (stats) {
-        ++stats->exit_histogram[d.exit[r]];
-        stats->layers_run += d.exit[r];
-      }
+      ++stats.exit_histogram[d.exit[r]];
+      stats.layers_run += d.exit[r];
       if (batch.emit(out, r, d.token[r], opt)) {
         keep.push_back((int64_t)r);
         next.push_back(d.token[r]);
       }
     }
-    if (stats) stats->new_tokens += (int64_t)batch.rows.size();
+    stats.new_tokens += (int64_t)batch.rows.size();
     batch.keep(keep, cache);
     return next;
   };
@@ -152,10 +109,8 @@ std::vector<Generation> generate_dynamic(Llama& model, const std::vector<std::ve
   std::vector<Tensor> hidden = model->forward(batch.tokens, exits, batch.key_mask.narrow(1, 0, P), &cache);  // [B,P,D] each
   ExitDecider first(model, opt, threshold, gen, batch.rows);
   for (size_t e = 0; e < exits.size() && first.left > 0; ++e) first.at_exit(exits[e], hidden[e].select(1, P - 1));
-  if (stats) {
-    stats->prefill_ms += clock.ms();
-    stats->prompt_tokens += batch.prompt_tokens();
-  }
+  stats.prefill_ms += clock.ms();
+  stats.prompt_tokens += batch.prompt_tokens();
   clock.restart();
   std::vector<int64_t> next = finish_step(first);
 
@@ -182,7 +137,7 @@ std::vector<Generation> generate_dynamic(Llama& model, const std::vector<std::ve
     }
     next = finish_step(d);
   }
-  if (stats) stats->decode_ms += clock.ms();
+  stats.decode_ms += clock.ms();
   return out;
 }
 

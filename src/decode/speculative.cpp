@@ -1,7 +1,36 @@
-#include "sortedllama/decode/speculative.h"
+// Self-speculative decoding: a shallow sub-model of the same checkpoint drafts, a deeper one verifies.
+//
+// Round (all running rows together, cache slots n.. shared by every row):
+//   1. Draft: the pending token (emitted last round, not yet in the cache) and N drafted tokens run
+//      through layers 1..K one position at a time (the draft sub-model K, with the KV cache); the
+//      draft head proposes each next token. The layer-K hidden states of all N+1 positions are kept.
+//   2. Verify: the verifier (sub-model `exit_layer`) runs only layers K+1..L over those N+1 states in
+//      one call, starting from the draft's layer-K states (LayerSkip's "exit query cache"): layers
+//      1..K are never recomputed and there is one KV cache, no second model. Every layer's cache
+//      therefore advances by the same N+1 slots per round. Row b accepts its longest agreeing prefix
+//      a_b <= N plus the verifier's own token after it (accept_greedy / accept_sampled), so a round
+//      gives a_b + 1 tokens (N + 1 when all drafts are accepted: the last position's verifier output
+//      is a free bonus token).
+//   3. Commit: rows keep slots n..n+A (A = max a_b); every layer's cache is cropped to n+A+1. A row
+//      that accepted fewer marks its rejected slots n+a_b+1..n+A as holes (key_mask 0): rotary
+//      positions come from the cumulative key_mask, so holes shift nothing, and attention never sees
+//      them. When holes fill the cache, it is compacted: each row's real entries move to the end,
+//      holes to the front (like left padding), and columns that are holes in every row are dropped.
+//
+// Exactness: greedy output is token-for-token the greedy output of plain decoding with the same
+// exit_layer (accept iff the verifier's argmax equals the draft). With temperature > 0 the standard
+// speculative-sampling rule makes the output distribution equal to sampling from the verifier; p
+// and q are sl::sampling_probs of the verifier and draft logits with the same temperature / top-k /
+// top-p.
+//
+// Draft length: fixed (draft_tokens > 0), or adaptive (next_draft_length, from 4 within
+// [1, max_draft_tokens]). A round never drafts more than the most tokens any row may still emit,
+// minus the bonus token.
+#include <algorithm>
 
-#include "sortedllama/model/exits.h"
+#include "sortedllama/decode/acceptance.h"
 #include "sortedllama/util/stopwatch.h"
+#include "strategies.h"
 
 namespace sl {
 
@@ -33,156 +62,202 @@ int64_t compact(KVCache& cache, Tensor& key_mask, int64_t n, int layers) {
   }
   return m;
 }
-}  // namespace
 
-std::vector<Generation> generate_speculative(Llama& model, const std::vector<std::vector<int>>& prompts,
-                                             const SpeculativeOptions& opt, SpeculativeStats* stats) {
-  torch::NoGradGuard no_grad;
-  const auto& cfg = model->config();
-  const int L = (int)cfg.n_layers;
-  const int target = opt.exit_layer > 0 ? opt.exit_layer : L;
-  TORCH_CHECK(target <= L, "exit layer ", target, " is deeper than the model's ", L, " layers");
-  int K = opt.draft_layer;
-  if (K == 0) K = parse_exits("auto", L).front();
-  TORCH_CHECK(K >= 1 && K < target, "draft layer ", K, " must be below the verifier's ", target,
-              " layers (1..", target - 1, ")");
-  TORCH_CHECK(opt.draft_tokens >= 0 && opt.max_draft_tokens >= 1, "draft tokens must be >= 0 (0 = adaptive)");
-  const int64_t most_drafts = opt.draft_tokens > 0 ? opt.draft_tokens : opt.max_draft_tokens;
-  std::vector<Generation> out(prompts.size());
-  if (prompts.empty()) return out;
+// One round's drafts.
+struct Draft {
+  int64_t n = 0;          // the round's first cache slot
+  int64_t N = 0;          // tokens drafted (fewer than planned once every row has drafted EOS)
+  Tensor tokens;          // [R,N] int64 on the CPU
+  Tensor states;          // [R,N+1,D]: the layer-K hidden states of the pending token and the drafts
+  std::vector<Tensor> q;  // sampling: the draft's distribution at each of the N positions, [R,V'] on the CPU
+};
 
-  // A round may use N+1 slots past the last emitted token; compaction keeps the rest within
-  // prompt + max_new_tokens.
-  DecodeBatch batch(model, prompts, opt.max_new_tokens + most_drafts + 1);
-  const int64_t P = batch.prompt_len;
-  auto dev = batch.key_mask.device();
-  KVCache cache = batch.make_cache(model);
-  at::Generator gen = make_generator(opt.seed);
-  const bool greedy = opt.sampling.temperature <= 0;
+class SpeculativeRun {
+ public:
+  SpeculativeRun(Llama& model, const std::vector<std::vector<int>>& prompts, const DecodeOptions& opt, DecodeStats& stats)
+      : model_(model),
+        opt_(opt),
+        stats_(stats),
+        K_(opt.speculative.draft_layer),
+        target_(opt.exit_layer),
+        most_drafts_(opt.speculative.draft_tokens > 0 ? opt.speculative.draft_tokens : opt.speculative.max_draft_tokens),
+        n_draft_(opt.speculative.draft_tokens > 0 ? opt.speculative.draft_tokens : std::min<int64_t>(4, most_drafts_)),
+        // A round may use N+1 slots past the last emitted token; compaction keeps the rest within
+        // prompt + max_new_tokens.
+        batch_(model, prompts, opt.max_new_tokens + most_drafts_ + 1),
+        cache_(batch_.make_cache(model)),
+        gen_(make_generator(opt.seed)),
+        out_(prompts.size()) {}
 
-  Stopwatch clock;
-  Tensor h = model->forward(batch.tokens, {target}, batch.key_mask.narrow(1, 0, P), &cache)[0];  // [B,P,D]
-  Tensor first = next_tokens(model->head(h.select(1, P - 1), target), opt.sampling, gen).to(torch::kCPU);  // [B]
-  if (stats) {
-    stats->prefill_ms += clock.ms();
-    stats->prompt_tokens += batch.prompt_tokens();
-  }
-  clock.restart();
-  std::vector<int64_t> pending, keep;  // per running row: the emitted token not yet in the cache
-  for (size_t r = 0; r < batch.rows.size(); ++r) {
-    const int tok = (int)first[r].item<int64_t>();
-    if (batch.emit(out, r, tok, opt)) {
-      keep.push_back((int64_t)r);
-      pending.push_back(tok);
+  std::vector<Generation> run() {
+    const Tensor first = prefill();
+    const Stopwatch clock;
+    emit_first(first);
+    while (!batch_.rows.empty()) {
+      const int64_t planned = planned_length();
+      const Draft d = draft(reserve(planned), planned);
+      const Acceptance a = verify(d);
+      commit(d, a);
+      if (opt_.speculative.draft_tokens == 0)
+        n_draft_ = next_draft_length(n_draft_, d.N, *std::max_element(a.accepted.begin(), a.accepted.end()), most_drafts_);
     }
+    stats_.decode_ms += clock.ms();
+    return std::move(out_);
   }
-  if (stats) stats->new_tokens += (int64_t)batch.rows.size();
-  batch.keep(keep, cache);
 
-  int64_t n_draft = opt.draft_tokens > 0 ? opt.draft_tokens : std::min<int64_t>(4, most_drafts);
-  while (!batch.rows.empty()) {
-    const int64_t R = (int64_t)batch.rows.size();
-    int64_t most_left = 0;  // the most tokens any row may still emit
-    for (int64_t s : batch.rows) most_left = std::max<int64_t>(most_left, opt.max_new_tokens - (int64_t)out[s].tokens.size());
-    int64_t N = std::min(n_draft, most_left - 1);  // shortened when every row has drafted EOS
-    int64_t n = cache.len[0];  // first slot of this round
-    if (n + N + 1 > batch.capacity) {
-      n = compact(cache, batch.key_mask, n, target);
-      if (stats) ++stats->compactions;
+ private:
+  bool greedy() const { return opt_.sampling.temperature <= 0; }
+  torch::Device device() const { return batch_.key_mask.device(); }
+
+  // The prompts through the verifier; returns its first token per row [B] (CPU).
+  Tensor prefill() {
+    const Stopwatch clock;
+    const int64_t P = batch_.prompt_len;
+    Tensor h = model_->forward(batch_.tokens, {target_}, batch_.key_mask.narrow(1, 0, P), &cache_)[0];  // [B,P,D]
+    Tensor first = next_tokens(model_->head(h.select(1, P - 1), target_), opt_.sampling, gen_).to(torch::kCPU);
+    stats_.prefill_ms += clock.ms();
+    stats_.prompt_tokens += batch_.prompt_tokens();
+    return first;
+  }
+
+  void emit_first(const Tensor& first) {
+    std::vector<int64_t> keep;
+    for (size_t r = 0; r < batch_.rows.size(); ++r) {
+      const int tok = (int)first[(int64_t)r].item<int64_t>();
+      if (batch_.emit(out_, r, tok, opt_)) {
+        keep.push_back((int64_t)r);
+        pending_.push_back(tok);
+      }
     }
-    batch.key_mask.narrow(1, n, N + 1).fill_(1);
+    stats_.new_tokens += (int64_t)batch_.rows.size();
+    batch_.keep(keep, cache_);
+  }
 
-    // Draft: the pending token and N drafts through layers 1..K, one position at a time.
-    Tensor tok = to_tensor(pending).to(dev).unsqueeze(1);  // [R,1]
-    std::vector<Tensor> states, drafts, q_probs;            // [R,1,D] each; [R,1] each; [R,V] each (sampling)
-    Tensor ended = torch::zeros({R, 1}, torch::dtype(torch::kBool).device(dev));  // [R,1] drafted EOS
+  // The draft length of the next round: never more than the most tokens a row may still emit, minus the bonus.
+  int64_t planned_length() const {
+    int64_t most_left = 0;
+    for (int64_t s : batch_.rows) most_left = std::max<int64_t>(most_left, opt_.max_new_tokens - (int64_t)out_[s].tokens.size());
+    return std::min(n_draft_, most_left - 1);
+  }
+
+  // Makes room for N+1 slots (compacting the cache when holes fill it) and marks them real;
+  // returns the first.
+  int64_t reserve(int64_t N) {
+    int64_t n = cache_.len[0];
+    if (n + N + 1 > batch_.capacity) {
+      n = compact(cache_, batch_.key_mask, n, target_);
+      ++stats_.compactions;
+    }
+    batch_.key_mask.narrow(1, n, N + 1).fill_(1);
+    return n;
+  }
+
+  // The pending token and up to N drafts through layers 1..K, one position at a time.
+  Draft draft(int64_t n, int64_t N) {
+    const Stopwatch clock;
+    const int64_t R = (int64_t)batch_.rows.size();
+    Draft d;
+    d.n = n;
+    Tensor tok = to_tensor(pending_).to(device()).unsqueeze(1);  // [R,1]
+    std::vector<Tensor> states, drafts;                          // [R,1,D] each; [R,1] each
+    Tensor ended = torch::zeros({R, 1}, torch::dtype(torch::kBool).device(device()));  // [R,1] drafted EOS
     const int64_t planned = N;
     for (int64_t j = 0; j <= N; ++j) {
-      AttnInputs in = model->attn_inputs(batch.key_mask.narrow(1, 0, n + j + 1), R, n + j, 1);
-      Tensor x = model->embed(tok);  // [R,1,D]
-      for (int i = 0; i < K; ++i) x = model->layer(i, x, in, &cache);
+      AttnInputs in = model_->attn_inputs(batch_.key_mask.narrow(1, 0, n + j + 1), R, n + j, 1);
+      Tensor x = model_->embed(tok);  // [R,1,D]
+      for (int i = 0; i < K_; ++i) x = model_->layer(i, x, in, &cache_);
       states.push_back(x);
       if (j == N) break;  // the last draft only needs its layer-K state, for the verifier
-      Tensor logits = model->head(x.select(1, 0), K);  // [R,V]
-      if (greedy) {
-        tok = decodable_logits(logits, opt.sampling).argmax(-1, /*keepdim=*/true);
+      Tensor logits = model_->head(x.select(1, 0), K_);  // [R,V]
+      if (greedy()) {
+        tok = decodable_logits(logits, opt_.sampling).argmax(-1, /*keepdim=*/true);
       } else {
-        q_probs.push_back(sampling_probs(logits, opt.sampling).to(torch::kCPU));
-        tok = torch::multinomial(q_probs.back(), 1, false, gen).to(dev);
+        d.q.push_back(sampling_probs(logits, opt_.sampling).to(torch::kCPU));
+        tok = torch::multinomial(d.q.back(), 1, false, gen_).to(device());
       }
       drafts.push_back(tok);
       // Drafting past EOS is wasted work: once every row has drafted it, only its state remains.
-      ended = ended.logical_or(tok.eq(opt.eos_id));
+      ended = ended.logical_or(tok.eq(opt_.eos_id));
       if (j + 1 < N && ended.all().item<bool>()) N = j + 1;
     }
-    if (N < planned) batch.key_mask.narrow(1, n + N + 1, planned - N).zero_();
-    Tensor d = N > 0 ? torch::cat(drafts, 1).to(torch::kCPU) : torch::zeros({R, 0}, torch::kInt64);  // [R,N]
+    if (N < planned) batch_.key_mask.narrow(1, n + N + 1, planned - N).zero_();
+    d.N = N;
+    d.tokens = N > 0 ? torch::cat(drafts, 1).to(torch::kCPU) : torch::zeros({R, 0}, torch::kInt64);  // [R,N]
+    d.states = torch::cat(states, 1);
+    stats_.draft_ms += clock.ms();
+    return d;
+  }
 
-    // Verify: layers K+1..target over all N+1 positions at once, from the draft's layer-K states.
-    Tensor x = torch::cat(states, 1);  // [R,N+1,D]
-    AttnInputs in = model->attn_inputs(batch.key_mask.narrow(1, 0, n + N + 1), R, n, N + 1);
-    for (int i = K; i < target; ++i) x = model->layer(i, x, in, &cache);
-    Tensor logits = model->head(x, target);  // [R,N+1,V]: position j predicts the token after slot n+j
-
-    std::vector<int64_t> acc(R);  // drafts accepted per row
-    Tensor fix;                   // [R]: the verifier's token after the accepted prefix
-    auto da = d.accessor<int64_t, 2>();
-    if (greedy) {
-      Tensor t = decodable_logits(logits, opt.sampling).argmax(-1).to(torch::kCPU);  // [R,N+1]
-      auto ta = t.accessor<int64_t, 2>();
-      for (int64_t r = 0; r < R; ++r)
-        while (acc[r] < N && ta[r][acc[r]] == da[r][acc[r]]) ++acc[r];
-      fix = t.gather(1, to_tensor(acc).unsqueeze(1)).squeeze(1);
+  // Layers K+1..target over all N+1 positions at once, from the draft's layer-K states; then the
+  // acceptance rule.
+  Acceptance verify(const Draft& d) {
+    const Stopwatch clock;
+    const int64_t R = d.states.size(0), N = d.N;
+    Tensor x = d.states;
+    AttnInputs in = model_->attn_inputs(batch_.key_mask.narrow(1, 0, d.n + N + 1), R, d.n, N + 1);
+    for (int i = K_; i < target_; ++i) x = model_->layer(i, x, in, &cache_);
+    Tensor logits = model_->head(x, target_);  // [R,N+1,V]: position j predicts the token after slot n+j
+    Acceptance a;
+    if (greedy()) {
+      a = accept_greedy(d.tokens, decodable_logits(logits, opt_.sampling).argmax(-1).to(torch::kCPU));
     } else {
-      Tensor p = sampling_probs(logits.reshape({R * (N + 1), -1}), opt.sampling).view({R, N + 1, -1}).to(torch::kCPU);  // [R,N+1,V]
-      // q padded with a zero row at position N, so that "resample from max(0, p - q)" at N is the bonus draw from p.
-      Tensor q = torch::cat({N > 0 ? torch::stack(q_probs, 1) : torch::zeros({R, 0, p.size(2)}), torch::zeros({R, 1, p.size(2)})}, 1);  // [R,N+1,V]
-      Tensor u = torch::rand({R, N}, gen);  // [R,N] uniform draws
-      auto pa = p.accessor<float, 3>(), qa = q.accessor<float, 3>();
-      auto ua = u.accessor<float, 2>();
-      for (int64_t r = 0; r < R; ++r)  // accept d with probability min(1, p(d)/q(d)); q(d) > 0 as d ~ q
-        while (acc[r] < N && ua[r][acc[r]] * qa[r][acc[r]][da[r][acc[r]]] < pa[r][acc[r]][da[r][acc[r]]]) ++acc[r];
-      Tensor at = to_tensor(acc), ar = torch::arange(R);
-      Tensor pr = p.index({ar, at}), residual = (pr - q.index({ar, at})).clamp_min(0);  // [R,V]
-      // p == q up to rounding leaves no residual mass; p itself is then the right distribution.
-      residual = torch::where(residual.sum(-1, true) > 0, residual, pr);
-      fix = torch::multinomial(residual, 1, false, gen).squeeze(1);
+      Tensor p = sampling_probs(logits.reshape({R * (N + 1), -1}), opt_.sampling).view({R, N + 1, -1}).to(torch::kCPU);  // [R,N+1,V']
+      Tensor q = N > 0 ? torch::stack(d.q, 1) : torch::zeros({R, 0, p.size(2)});  // [R,N,V']
+      a = accept_sampled(p, q, d.tokens, torch::rand({R, N}, gen_), gen_);
     }
+    stats_.verify_ms += clock.ms();
+    return a;
+  }
 
-    // Keep slots n..n+A; each row's rejected slots become holes.
-    const int64_t A = *std::max_element(acc.begin(), acc.end());
-    cache.crop(n + A + 1);
-    Tensor hole = torch::arange(N + 1).unsqueeze(0) > to_tensor(acc).unsqueeze(1);  // [R,N+1]
-    batch.key_mask.narrow(1, n, N + 1).masked_fill_(hole.to(dev), 0);
+  // Keeps slots n..n+A (each row's rejected slots become holes), emits the accepted drafts and the
+  // verifier's token, and drops finished rows.
+  void commit(const Draft& d, const Acceptance& a) {
+    const int64_t R = (int64_t)a.accepted.size(), N = d.N;
+    const int64_t A = *std::max_element(a.accepted.begin(), a.accepted.end());
+    cache_.crop(d.n + A + 1);
+    Tensor hole = torch::arange(N + 1).unsqueeze(0) > to_tensor(a.accepted).unsqueeze(1);  // [R,N+1]
+    batch_.key_mask.narrow(1, d.n, N + 1).masked_fill_(hole.to(device()), 0);
 
-    keep.clear();
-    std::vector<int64_t> next_pending;
+    auto drafts = d.tokens.accessor<int64_t, 2>();
+    std::vector<int64_t> keep, next_pending;
     int64_t emitted = 0;
     for (int64_t r = 0; r < R; ++r) {
       bool alive = true;
-      for (int64_t j = 0; j < acc[r] && alive; ++j, ++emitted) alive = batch.emit(out, r, (int)da[r][j], opt);
-      const int v = (int)fix[r].item<int64_t>();
+      for (int64_t j = 0; j < a.accepted[r] && alive; ++j, ++emitted) alive = batch_.emit(out_, r, (int)drafts[r][j], opt_);
+      const int v = (int)a.next[r];
       if (alive) {
         ++emitted;
-        alive = batch.emit(out, r, v, opt);
+        alive = batch_.emit(out_, r, v, opt_);
       }
       if (alive) {
         keep.push_back(r);
         next_pending.push_back(v);
       }
     }
-    if (stats) {
-      stats->new_tokens += emitted;
-      stats->drafted += R * N;
-      for (int64_t a : acc) stats->accepted += a;
-      stats->rounds += R;
-    }
-    if (opt.draft_tokens == 0) n_draft = A == N ? std::min(n_draft + 2, most_drafts) : std::max<int64_t>(n_draft - 1, 1);
-    pending = next_pending;
-    batch.keep(keep, cache);
+    stats_.new_tokens += emitted;
+    stats_.add_round(N, a.accepted);
+    pending_ = next_pending;
+    batch_.keep(keep, cache_);
   }
-  if (stats) stats->decode_ms += clock.ms();
-  return out;
+
+  Llama& model_;
+  const DecodeOptions& opt_;
+  DecodeStats& stats_;
+  const int K_, target_;  // draft and verifier depths
+  const int64_t most_drafts_;
+  int64_t n_draft_;  // the next round's planned length
+  DecodeBatch batch_;
+  KVCache cache_;
+  at::Generator gen_;
+  std::vector<Generation> out_;
+  std::vector<int64_t> pending_;  // per running row: the emitted token not yet in the cache
+};
+}  // namespace
+
+std::vector<Generation> generate_speculative(Llama& model, const std::vector<std::vector<int>>& prompts,
+                                             const DecodeOptions& opt, DecodeStats& stats) {
+  if (prompts.empty()) return {};
+  return SpeculativeRun(model, prompts, opt, stats).run();
 }
 
 }  // namespace sl

@@ -1,6 +1,5 @@
 #include "sortedllama/eval/generate.h"
 
-#include "sortedllama/decode/speculative.h"
 #include "sortedllama/util/stopwatch.h"
 
 namespace sl {
@@ -24,8 +23,9 @@ const char* decode_mode_name(DecodeMode m) {
 }
 
 namespace {
-GenerateOptions stop_rule_of(const EvalGenOptions& opt) {
-  GenerateOptions g;
+// Greedy decoding with eval's stop rule.
+DecodeOptions stop_rule_of(const EvalGenOptions& opt) {
+  DecodeOptions g;
   g.max_new_tokens = opt.max_new_tokens;
   g.eos_id = opt.eos_id;
   g.sampling.vocab_limit = opt.vocab_limit;
@@ -46,7 +46,7 @@ void generate_batch(Llama& model, const std::vector<std::vector<int>>& prompts, 
   const Stopwatch clock;
   std::vector<torch::Tensor> hidden = model->forward(prefilled.tokens, exits, prefilled.key_mask.narrow(1, 0, P), &cache);  // each [B,P,D]
   rows.back()->stats.prefill_ms += clock.ms();
-  const GenerateOptions g = stop_rule_of(opt);  // greedy
+  const DecodeOptions g = stop_rule_of(opt);
   at::Generator gen = make_generator(0);
   for (size_t e = 0; e < exits.size(); ++e) {
     rows[e]->stats.prompt_tokens += prefilled.prompt_tokens();
@@ -62,7 +62,7 @@ void generate_batch(Llama& model, const std::vector<std::vector<int>>& prompts, 
     batch.key_mask = prefilled.key_mask.clone();
     std::vector<Generation> out(prompts.size());
     torch::Tensor logits = model->head(hidden[e].select(1, P - 1), exits[e]);  // [B,V]
-    decode_plain(model, exits[e], batch, own, logits, g, gen, out, &rows[e]->stats);
+    decode_plain(model, exits[e], batch, own, logits, g, gen, out, rows[e]->stats);
     std::copy(out.begin(), out.end(), rows[e]->gens.begin() + (std::ptrdiff_t)begin);
     if (opt.on_batch) opt.on_batch((int64_t)prompts.size());
   }
@@ -71,38 +71,20 @@ void generate_batch(Llama& model, const std::vector<std::vector<int>>& prompts, 
 // One batch through the speculative or the dynamic decoder (greedy, verified by / ending at the full model).
 void generate_batch_other(Llama& model, const std::vector<std::vector<int>>& prompts, ExitGenerations& row,
                           const EvalGenOptions& opt) {
-  const GenerateOptions stop = stop_rule_of(opt);
-  std::vector<Generation> gens;
+  DecodeOptions o = stop_rule_of(opt);
   if (row.mode == DecodeMode::kSpeculative) {
-    SpeculativeOptions so;
-    static_cast<GenerateOptions&>(so) = stop_rule_of(opt);
-    so.draft_layer = row.exit;
-    so.draft_tokens = opt.draft_tokens;
-    SpeculativeStats st;
-    gens = generate_speculative(model, prompts, so, &st);
-    row.stats.prompt_tokens += st.prompt_tokens, row.stats.new_tokens += st.new_tokens;
-    row.stats.prefill_ms += st.prefill_ms, row.stats.decode_ms += st.decode_ms;
-    row.decode["drafted"] += (double)st.drafted;
-    row.decode["accepted"] += (double)st.accepted;
-    row.decode["rounds"] += (double)st.rounds;
+    o.strategy = Strategy::kSpeculative;
+    o.speculative.draft_layer = row.exit;
+    o.speculative.draft_tokens = opt.draft_tokens;
   } else {
-    DynamicOptions dyn;
-    static_cast<StopRule&>(dyn) = stop;
-    dyn.sampling.vocab_limit = opt.vocab_limit;
-    dyn.thresholds = opt.thresholds;
-    dyn.confidence = opt.confidence;
-    DynamicStats st;
-    gens = generate_dynamic(model, prompts, dyn, &st);
-    row.stats.prompt_tokens += st.prompt_tokens, row.stats.new_tokens += st.new_tokens;
-    row.stats.prefill_ms += st.prefill_ms, row.stats.decode_ms += st.decode_ms;
-    row.decode["layers_run"] += (double)st.layers_run;
-    for (const auto& [exit, n] : st.exit_histogram) row.decode["exit_" + std::to_string(exit) + "_tokens"] += (double)n;
+    o.strategy = Strategy::kDynamic;
+    o.dynamic.thresholds = opt.thresholds;
+    o.dynamic.confidence = opt.confidence;
   }
+  const std::vector<Generation> gens = generate(model, prompts, o, &row.stats);
   row.gens.insert(row.gens.end(), gens.begin(), gens.end());
   if (opt.on_batch) opt.on_batch((int64_t)prompts.size());
 }
-
-double decode_ms_per_token(const GenerateStats& s) { return s.new_tokens ? s.decode_ms / (double)s.new_tokens : 0.0; }
 }  // namespace
 
 std::vector<DecodeRow> decode_rows(const EvalGenOptions& opt, const std::vector<int>& exits, int n_layers) {
@@ -154,7 +136,7 @@ std::vector<ExitGenerations> eval_generate(Llama& model, const std::vector<std::
     }
   std::sort(plain.begin(), plain.end(), [](auto* a, auto* b) { return a->exit < b->exit; });
   if (!prompts.empty() && rows.size() > 1) {  // warm-up, so that no row's timing pays for first-call set-up
-    GenerateOptions w;
+    DecodeOptions w;
     w.max_new_tokens = 2;
     generate(model, {prompts[0]}, w);
   }
@@ -170,19 +152,13 @@ std::vector<ExitGenerations> eval_generate(Llama& model, const std::vector<std::
   const ExitGenerations* full = nullptr;
   for (const auto& r : rows)
     if (r.mode == DecodeMode::kExit && r.exit == L) full = &r;
+  if (!full) return rows;
   for (auto& r : rows) {
-    if (r.mode == DecodeMode::kSpeculative) {
-      r.decode["acceptance_rate"] = r.decode["drafted"] > 0 ? r.decode["accepted"] / r.decode["drafted"] : 0.0;
-      r.decode["mean_accepted_per_round"] = r.decode["rounds"] > 0 ? r.decode["accepted"] / r.decode["rounds"] : 0.0;
-    }
-    if (r.mode == DecodeMode::kDynamic)
-      r.decode["mean_layers_per_token"] = r.stats.new_tokens ? r.decode["layers_run"] / (double)r.stats.new_tokens : 0.0;
-    if (!full) continue;
-    const double ms = decode_ms_per_token(r.stats);
-    r.decode["speedup"] = ms > 0 ? decode_ms_per_token(full->stats) / ms : 0.0;
+    const double ms = r.stats.decode_ms_per_token();
     int64_t same = 0;
     for (size_t i = 0; i < prompts.size(); ++i) same += r.gens[i].tokens == full->gens[i].tokens;
-    r.decode["agree_full"] = prompts.empty() ? 0.0 : (double)same / (double)prompts.size();
+    r.versus_full = VersusFull{ms > 0 ? full->stats.decode_ms_per_token() / ms : 0.0,
+                               prompts.empty() ? 0.0 : (double)same / (double)prompts.size()};
   }
   return rows;
 }

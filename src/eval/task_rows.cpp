@@ -14,9 +14,14 @@ ResultRow generation_row(const ExitGenerations& eg) {
 }
 
 void add_decode_metrics(ojson& m, const ExitGenerations& eg) {
-  m["new_tokens"] = eg.stats.new_tokens;
-  m["decode_ms_per_token"] = eg.stats.new_tokens ? eg.stats.decode_ms / (double)eg.stats.new_tokens : 0.0;
-  for (const auto& [k, v] : eg.decode) m[k] = v;
+  const nlohmann::json st = eg.stats.to_json();
+  for (const char* k : {"new_tokens", "decode_ms_per_token", "acceptance_rate", "mean_accepted_per_round", "mean_layers_per_token"})
+    if (st.contains(k)) m[k] = st[k];
+  if (eg.versus_full) {
+    m["speedup"] = eg.versus_full->speedup;
+    m["agree_full"] = eg.versus_full->agree_full;
+  }
+  m["decoding"] = st;
 }
 
 ojson sample_exit_fields(const ExitGenerations& eg, int n_layers) {

@@ -11,7 +11,9 @@ double mean_of(const std::vector<double>& v);
 // A row for one decoder's generations: plain exit k writes samples_exit<k>.jsonl, the others
 // samples_<name>.jsonl.
 ResultRow generation_row(const ExitGenerations& eg);
-// Decoding speed and the decoder's own statistics (acceptance, speed-up, agreement, ...).
+// The decoder's headline figures as table columns (new tokens, decode ms/token, acceptance,
+// layers per token, speed-up and agreement with the full model) and all its statistics under
+// "decoding" (DecodeStats::to_json).
 void add_decode_metrics(ojson& m, const ExitGenerations& eg);
 // The layers behind a sample: the sub-model for plain rows; speculative and dynamic rows emit the
 // full model's tokens (verified by it, or leaving early by confidence).

@@ -21,6 +21,8 @@ for r in d["results"]:
         assert k in r and r[k] >= 0, (k, r)
     if r["mode"] == "speculative":
         assert r["exact_match"] == 1.0 and 0 <= r["acceptance_rate"] <= 1, r
+        assert r["acceptance_rate_at"] and all(0 <= a <= 1 for a in r["acceptance_rate_at"]), r
+        assert r["draft_ms"] > 0 and r["verify_ms"] > 0 and r["mean_tokens_per_round"] >= 1, r
 full = d["results"][0]
 assert full["mode"] == "full" and full["speedup"] == 1.0 and full["decode_speedup"] == 1.0, full
 PY

@@ -102,6 +102,10 @@ spec, dyn = (json.load(open(f))["exits"] for f in sys.argv[1:])
 assert set(spec) == {"5", "spec2"} and spec["spec2"]["agree_full"] == 1 and "acceptance_rate" in spec["spec2"], spec
 assert spec["spec2"]["exact_match"] == spec["5"]["exact_match"], spec
 assert set(dyn) == {"5", "dynamic"} and 1 <= dyn["dynamic"]["mean_layers_per_token"] <= 5, dyn
+d = spec["spec2"]["decoding"]
+assert d["mode"] == "speculative" and sum(d["proposed_at"]) == d["drafted"] and sum(d["accepted_at"]) == d["accepted"], d
+assert d["acceptance_rate"] == spec["spec2"]["acceptance_rate"] and spec["5"]["decoding"]["mode"] == "plain", spec
+assert dyn["dynamic"]["decoding"]["mode"] == "dynamic" and "exit_histogram" in dyn["dynamic"]["decoding"], dyn
 PY
 
 # instruct -> compare: the same sample set against itself is an even match whatever the judge says.
@@ -147,7 +151,7 @@ PY
 import json, math, sys
 loss, speed = (json.load(open(f))["exits"] for f in sys.argv[1:])
 assert loss["5"]["tokens"] > 100 and abs(loss["5"]["ppl"] - math.exp(loss["5"]["loss"])) < 1e-6 * loss["5"]["ppl"], loss
-assert speed["1"]["decode_tokens_per_s"] > 0 and speed["5"]["decode_speedup"] == 1, speed
+assert speed["1"]["tokens_per_s"] > 0 and speed["5"]["decode_speedup"] == 1, speed
 PY
 validate "$WORK"/{tqa,rescored,spec,dyn,cmp,ana,loss,speed}/results.json "$WORK/fewshot.json"
 

@@ -29,6 +29,11 @@ for r in rows:
               "ms_per_token", "speedup", "baseline", "prompt_tokens", "new_tokens"):
         assert k in s, k
     assert 0 <= s["acceptance_rate"] <= 1 and s["accepted"] <= s["drafted"], s
+    # The per-position histogram adds up; drafting and verifying are parts of decoding.
+    assert sum(s["proposed_at"]) == s["drafted"] and sum(s["accepted_at"]) == s["accepted"], s
+    assert len(s["acceptance_rate_at"]) == len(s["proposed_at"]) == 3, s
+    assert 0 < s["draft_ms"] and 0 < s["verify_ms"] and s["draft_ms"] + s["verify_ms"] <= s["decode_ms"], s
+    assert s["baseline"]["mode"] == "plain" and "drafted" not in s["baseline"], s
     assert s["identical_to_baseline"] == 3 and r["matches_baseline"] is True, r
 PY
 
@@ -48,15 +53,16 @@ for r in rows:
     assert s["mode"] == "dynamic" and s["confidence"] == "margin", s
     assert s["thresholds"] == "1:0.95,2:0.95,3:0.9,4:0.9", s["thresholds"]
     assert 1 <= s["mean_layers_per_token"] <= 5 and sum(s["exit_histogram"].values()) > 0, s
+    assert s["layers_run"] >= sum(s["exit_histogram"].values()) and "drafted" not in s, s
     assert len(r["token_exits"]) == len(r["tokens"]) and all(1 <= e <= 5 for e in r["token_exits"]), r
     assert "speedup" in s and isinstance(r["matches_baseline"], bool), s
 PY
 
-expect_error "--draft-layer 5 must be in 1..4" "$BIN" generate --model "$M" --prompt hi --speculative --draft-layer 5
-expect_error "--draft-layer 3 must be in 1..2" "$BIN" generate --model "$M" --prompt hi --speculative --draft-layer 3 --exit-layer 3
+expect_error "draft_layer 5 must be in 1..4" "$BIN" generate --model "$M" --prompt hi --speculative --draft-layer 5
+expect_error "draft_layer 3 must be in 1..2" "$BIN" generate --model "$M" --prompt hi --speculative --draft-layer 3 --exit-layer 3
 expect_error "excludes" "$BIN" generate --model "$M" --prompt hi --speculative --dynamic
 expect_error "requires" "$BIN" generate --model "$M" --prompt hi --thresholds 2:0.5
 expect_error "\"2=0.5\" is not LAYER:THRESHOLD" "$BIN" generate --model "$M" --prompt hi --dynamic --thresholds 2=0.5
 expect_error "layer 9 is outside the model's 1..5 layers" "$BIN" generate --model "$M" --prompt hi --dynamic --thresholds 9:0.5
-expect_error "takes no --exit-layer" "$BIN" generate --model "$M" --prompt hi --dynamic --exit-layer 3
+expect_error "dynamic decoding runs the full model" "$BIN" generate --model "$M" --prompt hi --dynamic --exit-layer 3
 echo "generate modes CLI: ok"

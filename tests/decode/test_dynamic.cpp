@@ -6,8 +6,7 @@
 #include <cmath>
 
 #include "sortedllama/io/checkpoint.h"
-#include "sortedllama/decode/dynamic.h"
-#include "sortedllama/decode/plain.h"
+#include "sortedllama/decode/generate.h"
 #include "sortedllama/io/tokenizer.h"
 #include "test_util.h"
 
@@ -20,18 +19,19 @@ std::vector<std::vector<int>> story_prompts(const sl::Tokenizer& tok) {
   return p;
 }
 
-sl::GenerateOptions plain(int64_t max_new, int exit = 0) {
-  sl::GenerateOptions o;
+sl::DecodeOptions plain(int64_t max_new, int exit = 0) {
+  sl::DecodeOptions o;
   o.max_new_tokens = max_new;
   o.exit_layer = exit;
   return o;
 }
 
-sl::DynamicOptions dyn(int64_t max_new, std::vector<sl::ExitThreshold> t, const std::string& confidence = "max_prob") {
-  sl::DynamicOptions o;
+sl::DecodeOptions dyn(int64_t max_new, std::vector<sl::ExitThreshold> t, const std::string& confidence = "max_prob") {
+  sl::DecodeOptions o;
+  o.strategy = sl::Strategy::kDynamic;
   o.max_new_tokens = max_new;
-  o.thresholds = t;
-  o.confidence = sl::parse_confidence(confidence);
+  o.dynamic.thresholds = t;
+  o.dynamic.confidence = sl::parse_confidence(confidence);
   return o;
 }
 
@@ -61,8 +61,8 @@ TEST(DynamicGreedy, ThresholdsAboveOneEqualFullGreedy) {
   auto prompts = story_prompts(tok);
   auto want = sl::generate(m, prompts, plain(80));
   for (const char* conf : {"max_prob", "margin"}) {
-    sl::DynamicStats st;
-    expect_same(sl::generate_dynamic(m, prompts, dyn(80, {{1, 1.01}, {2, 1.01}, {3, 1.5}, {4, 2.0}}, conf), &st),
+    sl::DecodeStats st;
+    expect_same(sl::generate(m, prompts, dyn(80, {{1, 1.01}, {2, 1.01}, {3, 1.5}, {4, 2.0}}, conf), &st),
                 want, conf);
     ASSERT_EQ(st.exit_histogram.size(), 1u);
     EXPECT_EQ(st.exit_histogram.begin()->first, 5);
@@ -75,7 +75,7 @@ TEST(DynamicGreedy, ThresholdsAboveOneEqualFullGreedy) {
   auto p = plain(40);
   p.sampling.temperature = 1.0;
   p.seed = 9;
-  expect_same(sl::generate_dynamic(m, prompts, o), sl::generate(m, prompts, p), "sampling");
+  expect_same(sl::generate(m, prompts, o), sl::generate(m, prompts, p), "sampling");
 }
 
 TEST(DynamicGreedy, ZeroFirstThresholdEqualsStaticExit) {
@@ -85,14 +85,14 @@ TEST(DynamicGreedy, ZeroFirstThresholdEqualsStaticExit) {
   auto prompts = story_prompts(tok);
   for (int k : {1, 3}) {
     auto want = sl::generate(m, prompts, plain(60, k));
-    sl::DynamicStats st;
-    expect_same(sl::generate_dynamic(m, prompts, dyn(60, {{k, 0.0}, {4, 0.5}}), &st), want, "exit " + std::to_string(k));
+    sl::DecodeStats st;
+    expect_same(sl::generate(m, prompts, dyn(60, {{k, 0.0}, {4, 0.5}}), &st), want, "exit " + std::to_string(k));
     ASSERT_EQ(st.exit_histogram.size(), 1u);
     EXPECT_EQ(st.exit_histogram.begin()->first, k);
     // Batch size 1: after the exit only K/V are appended, no full layer runs.
     std::vector<sl::Generation> one;
     const int64_t layer_runs = sl_test::count_op_calls("sl::decoder_layer", [&] {  // full decoder layers run
-      one = sl::generate_dynamic(m, {prompts[1]}, dyn(60, {{k, 0.0}}));
+      one = sl::generate(m, {prompts[1]}, dyn(60, {{k, 0.0}}));
     });
     EXPECT_EQ(one[0].tokens, want[1].tokens);
     const int64_t steps = (int64_t)one[0].tokens.size() - (one[0].finish_reason == "length");
@@ -119,9 +119,9 @@ TEST(DynamicCache, MixedExitsMatchStateCopyingRecomputation) {
   for (const char* conf : {"max_prob", "margin"}) {
     auto o = dyn(48, thr, conf);
     std::vector<std::vector<Decision>> seen(prompts.size());
-    o.on_exit = [&](size_t row, int exit, double c) { seen[row].push_back({exit, c}); };
-    sl::DynamicStats st;
-    auto gens = sl::generate_dynamic(m, prompts, o, &st);
+    o.dynamic.on_exit = [&](size_t row, int exit, double c) { seen[row].push_back({exit, c}); };
+    sl::DecodeStats st;
+    auto gens = sl::generate(m, prompts, o, &st);
     EXPECT_GE(st.exit_histogram.size(), 3u) << "too few distinct exits to test state copying";
 
     torch::NoGradGuard g;

@@ -2,9 +2,7 @@
 #include <gtest/gtest.h>
 
 #include "sortedllama/io/checkpoint.h"
-#include "sortedllama/decode/dynamic.h"
-#include "sortedllama/decode/plain.h"
-#include "sortedllama/decode/speculative.h"
+#include "sortedllama/decode/generate.h"
 #include "sortedllama/io/tokenizer.h"
 #include "test_util.h"
 
@@ -28,7 +26,7 @@ TEST(Generate, Stories260KTellsTheKnownStory) {
   std::string dir = sl_test::stories_model_dir();
   sl::Llama m = sl::load_model(dir);
   sl::Tokenizer tok(dir + "/tokenizer.model");
-  sl::GenerateOptions opt;
+  sl::DecodeOptions opt;
   opt.max_new_tokens = 60;
   opt.eos_id = m->config().eos_id;
   auto gen = sl::generate(m, {{tok.bos_id()}}, opt);
@@ -44,7 +42,7 @@ TEST(Generate, CachedGreedyEqualsRecomputationAtEveryExit) {
   sl::Tokenizer tok(dir + "/tokenizer.model");
   auto prompt = tok.encode("Once upon a time, a cat", true);
   for (int exit : {2, 5}) {
-    sl::GenerateOptions opt;
+    sl::DecodeOptions opt;
     opt.exit_layer = exit;
     opt.max_new_tokens = 40;
     opt.eos_id = 2;
@@ -59,7 +57,7 @@ TEST(Generate, BatchedEqualsUnbatchedAndFinishedRowsLeave) {
   sl::Tokenizer tok(dir + "/tokenizer.model");
   std::vector<std::vector<int>> prompts = {tok.encode("Tom had a red ball", true), tok.encode("The sun", true),
                                            tok.encode("One day, a little bird flew over the big tree and", true)};
-  sl::GenerateOptions opt;
+  sl::DecodeOptions opt;
   opt.max_new_tokens = 80;  // long enough for some stories to end with EOS
   opt.eos_id = 2;
   auto batch = sl::generate(m, prompts, opt);
@@ -74,7 +72,7 @@ TEST(Generate, SamplingIsSeededAndTopKOneIsGreedy) {
   std::string dir = sl_test::stories_model_dir();
   sl::Llama m = sl::load_model(dir);
   std::vector<std::vector<int>> p = {{1}};
-  sl::GenerateOptions opt;
+  sl::DecodeOptions opt;
   opt.max_new_tokens = 30;
   opt.sampling.temperature = 1.0;
   opt.seed = 5;
@@ -85,7 +83,7 @@ TEST(Generate, SamplingIsSeededAndTopKOneIsGreedy) {
   EXPECT_NE(a[0].tokens, c[0].tokens);
   opt.sampling.top_k = 1;
   auto k1 = sl::generate(m, p, opt);
-  sl::GenerateOptions greedy;
+  sl::DecodeOptions greedy;
   greedy.max_new_tokens = 30;
   EXPECT_EQ(k1[0].tokens, sl::generate(m, p, greedy)[0].tokens);
 }
@@ -121,7 +119,7 @@ TEST(Generate, RowsPastTheTokenizerAreNeverEmitted) {
     }
   }
   const std::vector<std::vector<int>> prompts = {{1, 403, 261}, {1}};
-  sl::GenerateOptions opt;
+  sl::DecodeOptions opt;
   opt.max_new_tokens = 12;
   auto unrestricted = sl::generate(m, prompts, opt);
   ASSERT_GE(*std::max_element(unrestricted[0].tokens.begin(), unrestricted[0].tokens.end()), 512) << "test needs the rows to win";
@@ -133,19 +131,20 @@ TEST(Generate, RowsPastTheTokenizerAreNeverEmitted) {
     return true;
   };
   EXPECT_TRUE(below(sl::generate(m, prompts, opt)));
-  sl::SpeculativeOptions so;
-  static_cast<sl::GenerateOptions&>(so) = opt;
-  so.draft_layer = 2;
-  EXPECT_TRUE(below(sl::generate_speculative(m, prompts, so)));
-  sl::DynamicOptions dyn;
+  sl::DecodeOptions so = opt;
+  so.strategy = sl::Strategy::kSpeculative;
+  so.speculative.draft_layer = 2;
+  EXPECT_TRUE(below(sl::generate(m, prompts, so)));
+  sl::DecodeOptions dyn;
+  dyn.strategy = sl::Strategy::kDynamic;
   dyn.max_new_tokens = 12;
   dyn.sampling.vocab_limit = 512;
-  dyn.thresholds = {{2, 0.0}};
-  EXPECT_TRUE(below(sl::generate_dynamic(m, prompts, dyn)));
+  dyn.dynamic.thresholds = {{2, 0.0}};
+  EXPECT_TRUE(below(sl::generate(m, prompts, dyn)));
   opt.sampling.temperature = 1.0;
   EXPECT_TRUE(below(sl::generate(m, prompts, opt)));
   so.sampling.temperature = 1.0;
-  EXPECT_TRUE(below(sl::generate_speculative(m, prompts, so)));
+  EXPECT_TRUE(below(sl::generate(m, prompts, so)));
 }
 
 TEST(Sampling, TopPZeroKeepsTheMostLikelyToken) {

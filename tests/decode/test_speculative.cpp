@@ -8,7 +8,7 @@
 #include <map>
 
 #include "sortedllama/io/checkpoint.h"
-#include "sortedllama/decode/speculative.h"
+#include "sortedllama/decode/generate.h"
 #include "sortedllama/io/tokenizer.h"
 #include "test_util.h"
 
@@ -36,19 +36,20 @@ sl::Llama damped_model(const std::string& dir) {
   return m;
 }
 
-sl::GenerateOptions plain(int64_t max_new, int exit = 0, int64_t eos = 2) {
-  sl::GenerateOptions o;
+sl::DecodeOptions plain(int64_t max_new, int exit = 0, int64_t eos = 2) {
+  sl::DecodeOptions o;
   o.max_new_tokens = max_new;
   o.exit_layer = exit;
   o.eos_id = eos;
   return o;
 }
 
-sl::SpeculativeOptions spec(int64_t max_new, int draft_layer, int draft_tokens, int64_t eos = 2) {
-  sl::SpeculativeOptions o;
+sl::DecodeOptions spec(int64_t max_new, int draft_layer, int draft_tokens, int64_t eos = 2) {
+  sl::DecodeOptions o;
+  o.strategy = sl::Strategy::kSpeculative;
   o.max_new_tokens = max_new;
-  o.draft_layer = draft_layer;
-  o.draft_tokens = draft_tokens;
+  o.speculative.draft_layer = draft_layer;
+  o.speculative.draft_tokens = draft_tokens;
   o.eos_id = eos;
   return o;
 }
@@ -85,14 +86,14 @@ TEST(SpeculativeGreedy, EqualsFullGreedyForEveryDraftLayerLengthAndBatch) {
           if (!damped && max_new == 60 && n == 12) continue;  // 13 draft steps per token: slow, nothing new
           const std::string what = std::string(damped ? "damped" : "stories") + ", max_new " + std::to_string(max_new) +
                                    ", draft layer " + std::to_string(k) + ", draft tokens " + std::to_string(n);
-          sl::SpeculativeStats st;
-          expect_same(sl::generate_speculative(m, prompts, spec(max_new, k, n, eos), &st), want, what + ", batched");
+          sl::DecodeStats st;
+          expect_same(sl::generate(m, prompts, spec(max_new, k, n, eos), &st), want, what + ", batched");
           EXPECT_GT(st.rounds, 0);
           EXPECT_LE(st.accepted, st.drafted);
           best_rate = std::max(best_rate, st.acceptance_rate());
           if (k == 3 || n == 0) {  // batch size 1 too
             for (size_t i = 0; i < prompts.size(); i += 3)
-              expect_same(sl::generate_speculative(m, {prompts[i]}, spec(max_new, k, n, eos)), {want[i]}, what + ", alone");
+              expect_same(sl::generate(m, {prompts[i]}, spec(max_new, k, n, eos)), {want[i]}, what + ", alone");
           }
         }
       }
@@ -112,11 +113,54 @@ TEST(SpeculativeGreedy, RejectedSlotsBecomeHolesAndTheCacheIsCompacted) {
   auto prompts = story_prompts(tok);
   auto want = sl::generate(m, prompts, plain(100));
   // Rows accept different counts (holes); with long drafts the holes fill the cache.
-  sl::SpeculativeStats st;
-  expect_same(sl::generate_speculative(m, prompts, spec(100, 2, 8), &st), want, "draft layer 2, 8 tokens");
+  sl::DecodeStats st;
+  expect_same(sl::generate(m, prompts, spec(100, 2, 8), &st), want, "draft layer 2, 8 tokens");
   EXPECT_GT(st.compactions, 0) << "the test no longer exercises cache compaction";
   EXPECT_GT(st.accepted, 0);
   EXPECT_LT(st.accepted, st.drafted);
+}
+
+// The statistics add up: the per-position histogram sums to drafted / accepted and is a prefix
+// count (position j+1 accepted only after j), the draft and verify times fit in the decoding time,
+// and the JSON carries the speculative keys.
+TEST(SpeculativeStats, HistogramAndTimeSplitAddUp) {
+  std::string dir = sl_test::stories_model_dir();
+  sl::Llama m = damped_model(dir);
+  sl::Tokenizer tok(dir + "/tokenizer.model");
+  auto prompts = story_prompts(tok);
+  for (int n : {3, 0}) {
+    sl::DecodeStats st;
+    expect_same(sl::generate(m, prompts, spec(60, 2, n), &st), sl::generate(m, prompts, plain(60)), "stats run");
+    const std::string what = "draft tokens " + std::to_string(n);
+    EXPECT_EQ(st.strategy, sl::Strategy::kSpeculative);
+    ASSERT_EQ(st.proposed_at.size(), st.accepted_at.size());
+    if (n > 0) {
+      EXPECT_EQ(st.proposed_at.size(), (size_t)n) << what;
+    } else {
+      EXPECT_GT(st.proposed_at.size(), 4u) << what << ": the adaptive length never grew";
+    }
+    int64_t proposed = 0, accepted = 0;
+    for (size_t j = 0; j < st.proposed_at.size(); ++j) {
+      proposed += st.proposed_at[j];
+      accepted += st.accepted_at[j];
+      EXPECT_LE(st.accepted_at[j], st.proposed_at[j]) << what << ", position " << j;
+      if (j > 0) {
+        EXPECT_LE(st.proposed_at[j], st.proposed_at[j - 1]) << what << ", position " << j;
+        EXPECT_LE(st.accepted_at[j], st.accepted_at[j - 1]) << what << ", position " << j;
+      }
+    }
+    EXPECT_EQ(proposed, st.drafted) << what;
+    EXPECT_EQ(accepted, st.accepted) << what;
+    EXPECT_LE(st.proposed_at[0], st.rounds) << what << ": a round drafts at position 0 at most once per row";
+    EXPECT_GT(st.draft_ms, 0) << what;
+    EXPECT_GT(st.verify_ms, 0) << what;
+    EXPECT_LE(st.draft_ms + st.verify_ms, st.decode_ms) << what;
+    const nlohmann::json j = st.to_json();
+    EXPECT_EQ(j["mode"], "speculative");
+    EXPECT_EQ(j["drafted"], st.drafted);
+    EXPECT_EQ(j["accepted_at"].size(), st.accepted_at.size());
+    EXPECT_DOUBLE_EQ(j["mean_tokens_per_round"].get<double>(), st.mean_accepted_per_round() + 1);
+  }
 }
 
 // Drafting stops once every row has drafted EOS: with EOS set to the token the full model emits
@@ -132,8 +176,8 @@ TEST(SpeculativeGreedy, DraftingStopsAtEos) {
     q.push_back(full[0]);
     if (sl::generate(m, {q}, plain(1, 4, -1))[0].tokens[0] != full[1]) continue;
     ++found;
-    sl::SpeculativeStats st;
-    expect_same(sl::generate_speculative(m, {p}, spec(60, 4, 12, full[1]), &st), sl::generate(m, {p}, plain(60, 0, full[1])),
+    sl::DecodeStats st;
+    expect_same(sl::generate(m, {p}, spec(60, 4, 12, full[1]), &st), sl::generate(m, {p}, plain(60, 0, full[1])),
                 "EOS drafted first");
     EXPECT_EQ(st.rounds, 1);
     EXPECT_EQ(st.drafted, 1) << "drafting went on past EOS";
@@ -148,9 +192,9 @@ TEST(SpeculativeGreedy, VerifierCanBeASubModel) {
   auto prompts = story_prompts(tok);
   auto o = spec(50, 2, 4);
   o.exit_layer = 4;
-  expect_same(sl::generate_speculative(m, prompts, o), sl::generate(m, prompts, plain(50, 4)), "verifier 4, draft 2");
-  o.draft_layer = 4;
-  EXPECT_THROW(sl::generate_speculative(m, prompts, o), c10::Error);  // the draft must be shallower
+  expect_same(sl::generate(m, prompts, o), sl::generate(m, prompts, plain(50, 4)), "verifier 4, draft 2");
+  o.speculative.draft_layer = 4;
+  EXPECT_THROW(sl::generate(m, prompts, o), std::invalid_argument);  // the draft must be shallower
 }
 
 TEST(SpeculativeGreedy, StopCallbackEndsARowInsideARound) {
@@ -165,7 +209,7 @@ TEST(SpeculativeGreedy, StopCallbackEndsARowInsideARound) {
     seen[row] = toks;
     return row == 2 && toks.size() == 5;
   };
-  auto got = sl::generate_speculative(m, prompts, o);
+  auto got = sl::generate(m, prompts, o);
   EXPECT_EQ(got[2].finish_reason, "stop");
   EXPECT_EQ(got[2].tokens, std::vector<int>(want[2].tokens.begin(), want[2].tokens.begin() + 5));
   for (size_t i = 0; i < prompts.size(); ++i) {
@@ -192,13 +236,13 @@ TEST(SpeculativeCrop, AllAccepted) {
   }
   auto prompts = story_prompts(tok);
   auto want = sl::generate(m, prompts, plain(37));
-  sl::SpeculativeStats st;
-  expect_same(sl::generate_speculative(m, prompts, spec(37, 2, 5), &st), want, "identity layers 3..5");
+  sl::DecodeStats st;
+  expect_same(sl::generate(m, prompts, spec(37, 2, 5), &st), want, "identity layers 3..5");
   EXPECT_EQ(st.accepted, st.drafted);
   EXPECT_EQ(st.compactions, 0);
   // One batch size-1 run: 1 prefill token, then rounds of 5 drafts + 1 bonus until 37 (or EOS).
-  sl::SpeculativeStats one;
-  auto g = sl::generate_speculative(m, {prompts[1]}, spec(37, 2, 5), &one);
+  sl::DecodeStats one;
+  auto g = sl::generate(m, {prompts[1]}, spec(37, 2, 5), &one);
   EXPECT_EQ(g[0].tokens, want[1].tokens);
   if (g[0].finish_reason == "length") {
     EXPECT_EQ(one.rounds, 6);  // 1 + 6 * 6 = 37
@@ -218,8 +262,8 @@ TEST(SpeculativeCrop, NoneAccepted) {
   }
   auto prompts = story_prompts(tok);
   auto want = sl::generate(m, prompts, plain(30));
-  sl::SpeculativeStats st;
-  expect_same(sl::generate_speculative(m, prompts, spec(30, 2, 4), &st), want, "negated draft head");
+  sl::DecodeStats st;
+  expect_same(sl::generate(m, prompts, spec(30, 2, 4), &st), want, "negated draft head");
   EXPECT_EQ(st.accepted, 0);
   EXPECT_GT(st.drafted, 0);
   int64_t tokens = 0;
@@ -272,11 +316,11 @@ TEST(SpeculativeSampling, MatchesTheVerifierDistribution) {
   };
   expand(prompt, 1.0, 1.0);
 
-  sl::SpeculativeOptions o = spec(n_new, K, 2);
+  sl::DecodeOptions o = spec(n_new, K, 2);
   o.sampling = sp;
   o.seed = 1234;
-  sl::SpeculativeStats st;
-  auto gens = sl::generate_speculative(m, std::vector<std::vector<int>>(M, prompt), o, &st);
+  sl::DecodeStats st;
+  auto gens = sl::generate(m, std::vector<std::vector<int>>(M, prompt), o, &st);
   std::map<std::vector<int>, double> freq;
   for (const auto& g : gens) freq[g.tokens] += 1.0 / M;
   EXPECT_GT(st.acceptance_rate(), 0.1);

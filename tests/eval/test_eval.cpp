@@ -197,7 +197,7 @@ TEST(EvalGenerate, BatchedEqualsUnbatchedAndPlainGenerate) {
     for (size_t i = 0; i < prompts.size(); ++i) {
       EXPECT_EQ(batched[e].gens[i].tokens, single[e].gens[i].tokens) << "exit " << batched[e].exit << " prompt " << i;
       EXPECT_EQ(batched[e].gens[i].finish_reason, single[e].gens[i].finish_reason);
-      sl::GenerateOptions g;
+      sl::DecodeOptions g;
       g.exit_layer = batched[e].exit;
       g.max_new_tokens = 24;
       g.on_token = [&](size_t, const std::vector<int>& t) { return o.stop(t); };
@@ -217,17 +217,17 @@ TEST(EvalGenerate, BatchedEqualsUnbatchedAndPlainGenerate) {
   EXPECT_EQ(spec[0].name, "5");
   EXPECT_EQ(spec[1].name, "spec1");
   for (const auto& r : spec) {
-    EXPECT_EQ(r.decode.at("agree_full"), 1.0) << r.name;
+    EXPECT_EQ(r.versus_full.value().agree_full, 1.0) << r.name;
     for (size_t i = 0; i < prompts.size(); ++i) EXPECT_EQ(r.gens[i].tokens, full[0].gens[i].tokens) << r.name;
   }
-  EXPECT_GT(spec[2].decode.at("acceptance_rate"), 0.0);
+  EXPECT_GT(spec[2].stats.acceptance_rate(), 0.0);
   o.decode = sl::DecodeMode::kDynamic;
   o.thresholds = sl::parse_thresholds("1:1.5,3:1.5", 5);  // never sure enough to leave early
   auto dyn = sl::eval_generate(m, prompts, {}, o);
   ASSERT_EQ(dyn.size(), 2u);
   EXPECT_EQ(dyn[1].name, "dynamic");
-  EXPECT_EQ(dyn[1].decode.at("agree_full"), 1.0);
-  EXPECT_GT(dyn[1].decode.at("mean_layers_per_token"), 4.0);
+  EXPECT_EQ(dyn[1].versus_full.value().agree_full, 1.0);
+  EXPECT_GT(dyn[1].stats.mean_layers_per_token(), 4.0);
   expect_error([&] { sl::parse_decode_mode("nope"); }, "--decode nope: unknown mode");
 }
 

@@ -2,12 +2,11 @@
 // point that takes the decode mode (the `--decode` option of `sortedllama eval`).
 #pragma once
 #include <functional>
-#include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
-#include "sortedllama/decode/dynamic.h"
-#include "sortedllama/decode/plain.h"
+#include "sortedllama/decode/generate.h"
 
 namespace sl {
 
@@ -45,13 +44,16 @@ struct DecodeRow {
   int exit = 0;      // plain: the sub-model; speculative: the draft layer; dynamic: the last layer
 };
 
+// This row against the full model's plain decoding in the same call.
+struct VersusFull {
+  double speedup = 0;     // the full model's decode ms/token over this row's
+  double agree_full = 0;  // fraction of sequences identical to its output
+};
+
 struct ExitGenerations : DecodeRow {
   std::vector<Generation> gens;  // in prompt order
-  GenerateStats stats;           // exit mode: the shared prefill is counted once, under the deepest exit
-  // Decoder statistics: acceptance_rate, mean_layers_per_token, ...; and, when the full model ran
-  // in the same call, speedup (its decode ms/token over this row's) and agree_full (fraction of
-  // sequences identical to its output).
-  std::map<std::string, double> decode;
+  DecodeStats stats;             // exit mode: the shared prefill is counted once, under the deepest exit
+  std::optional<VersusFull> versus_full;  // when the full model ran in the same call
 };
 
 // The rows a decode mode produces for the requested exit set; throws on a bad mode or option.
