@@ -104,8 +104,9 @@ TEST(HugePages, LargeWeightsMoveWithTheirValuesAndStillTrain) {
   m->use_huge_pages();
   for (auto& p : m->named_parameters()) {
     EXPECT_TRUE(torch::equal(p.value(), before.at(p.key()))) << p.key();
-    if (p.value().numel() * 4 >= (2 << 20))  // the [1024,512] embedding and head
+    if (p.value().numel() * 4 >= (2 << 20)) {  // the [1024,512] embedding and head
       EXPECT_EQ(reinterpret_cast<uintptr_t>(p.value().data_ptr()) % (2 << 20), 0u) << p.key();
+    }
   }
   // Still the module's parameters: gradients reach the moved tensors.
   Tensor loss = m->head(m->forward(torch::tensor({{1, 2, 3}}), {1})[0], 1).square().mean();
