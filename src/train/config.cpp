@@ -74,7 +74,9 @@ const std::vector<Recipe>& recipes() {
       {"soft", preset("uniform", 0.5, "none", 2, 0.0, "exp")},         // the paper: uniform mean over exits
       {"layerskip", preset("linear", 0.5, "rotational", 2, 0.1, "exp")},  // Elhoushi et al. 2024
       {"lite", preset("linear", 0.5, "none", 2, 0.0, "exp")},          // Varshney et al. 2023: depth-weighted
-      {"anchored", preset("last", 0.5, "none", 2, 0.0, "exp")},        // ours: the full model keeps its loss share
+      // ours: the full model keeps most of the loss, so it trains almost as SFT does, while every
+      // shallower exit still gets enough of the gradient to stay usable (README, Training recipes).
+      {"anchored", preset("last", 0.9, "none", 2, 0.0, "exp")},
   };
   return table;
 }
