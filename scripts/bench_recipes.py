@@ -68,7 +68,7 @@ def train_and_eval(args, label, sets, config, held, work):
     out = f"{work}/runs/{label}"
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.time()
-    cmd = [args.bin, "finetune", "--config", config, "--set", f"out_dir={out}"]
+    cmd = [args.bin, "--threads", str(args.threads), "finetune", "--config", config, "--set", f"out_dir={out}"]
     for s in sets:
         cmd += ["--set", s]
     run(cmd, f"{work}/{label}.train.log")
@@ -149,6 +149,7 @@ def main():
     ap.add_argument("--held-out", type=int, default=200)
     ap.add_argument("--max-chars", type=int, default=160)
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--threads", type=int, default=0, help="finetune's intra-op threads (0: one per core)")
     ap.add_argument("--recipes", type=lambda s: s.split(","), default=RECIPES)
     ap.add_argument("--variant", action="append", default=[], help="LABEL=key=value,key=value: one more soft run")
     ap.add_argument("--command", default="scripts/bench_recipes.sh")
@@ -183,7 +184,7 @@ def main():
            "settings": {"model": "stories260K (convert --from llama2c)", "n_layers": n_layers, "steps": args.steps,
                         "batch_size": args.batch_size, "lr": args.lr, "schedule": "cosine, warmup 3%",
                         "train_records": args.train, "held_out_records": args.held_out, "max_chars": args.max_chars,
-                        "seed": args.seed},
+                        "seed": args.seed, "threads": args.threads},
            "results": results, "targets": targets(results, n_layers)}
     json.dump(doc, open(f"{args.out}/recipes.json", "w"), indent=2)
     write_markdown(f"{args.out}/recipes.md", doc)

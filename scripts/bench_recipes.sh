@@ -4,7 +4,7 @@
 # (lr 1e-3, cosine), same seed; then `eval --task loss` per exit on 200 held-out records.
 # Writes bench/recipes.{json,md} and bench/recipes_loss.svg; work files in runs/bench_recipes/.
 #
-#   scripts/bench_recipes.sh [--steps N] [--train N] [--held-out N] [--seed N] [--recipes a,b]
+#   scripts/bench_recipes.sh [--steps N] [--train N] [--held-out N] [--seed N] [--threads N] [--recipes a,b]
 #                            [--variant LABEL=key=value,key=value ...]
 #
 # SORTEDLLAMA=path/to/binary overrides the binary (default: build/sortedllama).
