@@ -56,6 +56,37 @@ std::string read_existing_path(const json& v, const std::string& key) {
   return s;
 }
 
+// ---- Recipes: presets of the scale, curriculum and layer-dropout keys ----
+
+struct Recipe {
+  const char* name;
+  json preset;  // train.* keys
+};
+
+json preset(const char* scale, double last_share, const char* curriculum, int64_t period, double dropout,
+            const char* schedule) {
+  return {{"exit_scale", scale}, {"exit_scale_last", last_share},  {"curriculum", curriculum},
+          {"curriculum_period", period}, {"layer_dropout", dropout}, {"layer_dropout_schedule", schedule}};
+}
+
+const std::vector<Recipe>& recipes() {
+  static const std::vector<Recipe> table = {
+      {"soft", preset("uniform", 0.5, "none", 2, 0.0, "exp")},         // the paper: uniform mean over exits
+      {"layerskip", preset("linear", 0.5, "rotational", 2, 0.1, "exp")},  // Elhoushi et al. 2024
+      {"lite", preset("linear", 0.5, "none", 2, 0.0, "exp")},          // Varshney et al. 2023: depth-weighted
+      // ours: the full model keeps most of the loss, so it trains almost as SFT does, while every
+      // shallower exit still gets enough of the gradient to stay usable (README, Training recipes).
+      {"anchored", preset("last", 0.9, "none", 2, 0.0, "exp")},
+  };
+  return table;
+}
+
+std::vector<std::string> recipe_names() {
+  std::vector<std::string> names;
+  for (const Recipe& r : recipes()) names.push_back(r.name);
+  return names;
+}
+
 // ---- The table: every key once, with its default, meaning and how it is read ----
 
 struct Key {
@@ -155,6 +186,43 @@ const std::vector<Key>& keys() {
       {"train.max_steps", 0, "int", "> 0: train exactly this many steps (overrides epochs)", SL_INT(max_steps, R::kNonNegative)},
       {"train.seed", 42, "int", "data order, split, exit sampling, `init` weights",
        [](TrainOptions& o, const json& v, const std::string& k) { o.seed = (uint64_t)read_int(v, k, R::kNonNegative); }},
+      {"train.recipe", "soft", "string",
+       "preset of the six keys below: `soft` (the paper), `layerskip`, `lite`, `anchored` (README, Training recipes); "
+       "keys set in the config or by `--set` override it",
+       [](TrainOptions& o, const json& v, const std::string& k) { o.recipe = read_choice(v, k, recipe_names()); }},
+      {"train.exit_scale", "uniform", "string",
+       "exit loss weights, normalised to sum to 1: `uniform`, `linear` (∝ exit layer), `sqrt`, `inverse` (∝ 1/layer), "
+       "`last` (`train.exit_scale_last` on the last exit); a non-empty `exit_weights` replaces it",
+       [](TrainOptions& o, const json& v, const std::string& k) {
+         const std::string s = read_choice(v, k, {"uniform", "linear", "sqrt", "inverse", "last"});
+         o.exit_scale = s == "linear"    ? ExitScale::kLinear
+                        : s == "sqrt"    ? ExitScale::kSqrt
+                        : s == "inverse" ? ExitScale::kInverse
+                        : s == "last"    ? ExitScale::kLast
+                                         : ExitScale::kUniform;
+       }},
+      {"train.exit_scale_last", 0.5, "number", "`last`: the last exit's share of the loss, in (0, 1]; the other exits split the rest",
+       [](TrainOptions& o, const json& v, const std::string& k) {
+         o.exit_scale_last = read_number(v, k, R::kPositive);
+         if (o.exit_scale_last > 1) key_error(k, " must be in (0, 1], got " + v.dump());
+       }},
+      {"train.curriculum", "none", "string",
+       "exits trained per step: `none` (all), `rotational` (every `train.curriculum_period`-th exit, shifting by one "
+       "per step, LayerSkip), `gradual` (from the last exit down, one more every steps/exits steps); the last exit always",
+       [](TrainOptions& o, const json& v, const std::string& k) {
+         const std::string s = read_choice(v, k, {"none", "rotational", "gradual"});
+         o.curriculum = s == "rotational" ? Curriculum::kRotational : s == "gradual" ? Curriculum::kGradual : Curriculum::kNone;
+       }},
+      {"train.curriculum_period", 2, "int", "`rotational`: one exit in this many trains per step", SL_INT(curriculum_period, R::kPositive)},
+      {"train.layer_dropout", 0.0, "number",
+       "training only: probability in [0, 1) that a sequence skips the last layer (its residual passes through), "
+       "per sequence, layer and step, seeded; never in validation, `eval` or decoding",
+       SL_NUM(layer_dropout, R::kUnit)},
+      {"train.layer_dropout_schedule", "exp", "string",
+       "rate of 0-based layer l of L: `linear` rate·l/(L−1), `exp` rate·(2^(l/(L−1))−1) (LayerSkip); 0 at the first layer",
+       [](TrainOptions& o, const json& v, const std::string& k) {
+         o.layer_dropout_schedule = read_choice(v, k, {"linear", "exp"}) == "linear" ? DropSchedule::kLinear : DropSchedule::kExp;
+       }},
       {"train.loss_chunk", 0, "int",
        "positions whose logits exist at once per exit; 0 = auto (about 8 MiB of fp32 logits: 65 positions for a "
        "32000-token vocabulary)",
@@ -209,6 +277,8 @@ void check_combinations(TrainOptions& o) {
     throw std::runtime_error("config key \"tokenizer\" is required with \"init\" (a new model has no tokenizer)");
   if (o.method == Method::kExtracted && o.extract_layers == 0)
     throw std::runtime_error("config key \"extract_layers\" must be set (> 0) for method \"extracted\"");
+  if (o.exit_sample > 0 && o.curriculum != Curriculum::kNone)
+    throw std::runtime_error("config keys \"exit_sample\" and \"train.curriculum\" exclude each other (both choose the step's exits)");
   if (!o.valid_file.empty() && o.valid_fraction > 0)
     throw std::runtime_error("config keys \"data.valid\" and \"data.valid_fraction\" exclude each other");
   if (o.epochs == 0) o.epochs = o.method == Method::kIct ? 1 : 2;  // the paper: 2 epochs; ICT heads: 1
@@ -323,11 +393,36 @@ void apply_override(nlohmann::json& cfg, const std::string& assignment) {
   }
 }
 
+void apply_recipe(nlohmann::json& cfg, const std::string& name) {
+  const std::string key = "train.recipe";
+  const std::string known = read_choice(name, key, recipe_names());
+  for (const Recipe& r : recipes())
+    if (r.name == known) {
+      cfg["train"]["recipe"] = known;
+      for (const auto& [k, v] : r.preset.items()) cfg["train"][k] = v;
+    }
+}
+
+namespace {
+// The recipe a config asks for: the last --set train.recipe=..., else the file's, else the default.
+std::string requested_recipe(const nlohmann::json& file, const std::vector<std::string>& overrides) {
+  std::string name = default_train_config()["train"]["recipe"].get<std::string>();
+  if (file.is_object() && file.contains("train") && file["train"].is_object() && file["train"].contains("recipe") &&
+      file["train"]["recipe"].is_string())
+    name = file["train"]["recipe"].get<std::string>();
+  const std::string prefix = "train.recipe=";
+  for (const auto& o : overrides)
+    if (o.rfind(prefix, 0) == 0) name = o.substr(prefix.size());
+  return name;
+}
+}  // namespace
+
+// Layers, lowest first: defaults, the recipe's presets, the file, the overrides.
 nlohmann::json resolve_train_config(const std::string& path, const std::vector<std::string>& overrides) {
   nlohmann::json cfg = default_train_config();
-  if (!path.empty()) {
-    merge(cfg, read_json_file(path), "", path);
-  }
+  const nlohmann::json file = path.empty() ? nlohmann::json::object() : read_json_file(path);
+  apply_recipe(cfg, requested_recipe(file, overrides));
+  if (!path.empty()) merge(cfg, file, "", path);
   for (const auto& o : overrides) apply_override(cfg, o);
   return cfg;
 }

@@ -42,16 +42,20 @@ struct CheckpointedLayer : torch::autograd::Function<CheckpointedLayer> {
   }
 };
 
-// The trunk of a training step: layers 1..max(exits), optionally checkpointed.
-std::vector<Tensor> trunk_forward(Llama& model, const Batch& b, const std::vector<int>& exits, bool checkpoint) {
-  if (!checkpoint) return model->forward(b.tokens, exits, b.key_mask);
+// The trunk of a training step: layers 1..max(exits), each optionally checkpointed, with layer
+// dropout per sequence when layer_keep [n_layers, B] is defined. Dropout lives here rather than in
+// the model, so evaluation and decoding (LlamaImpl::forward) cannot apply it.
+std::vector<Tensor> trunk_forward(Llama& model, const Batch& b, const std::vector<int>& exits, bool checkpoint,
+                                  const Tensor& layer_keep) {
   const int64_t B = b.tokens.size(0), T = b.tokens.size(1);
   AttnInputs in = model->attn_inputs(b.key_mask, B, 0, T);
-  Tensor x = model->embed(b.tokens);
+  Tensor x = model->embed(b.tokens);  // [B,T,D]
   const int deepest = *std::max_element(exits.begin(), exits.end());
   std::vector<Tensor> hidden(exits.size());
   for (int i = 0; i < deepest; ++i) {
-    x = CheckpointedLayer::apply(x, in.cos, in.sin, in.mask, (int64_t)i, reinterpret_cast<int64_t>(model.get()));
+    Tensor y = checkpoint ? CheckpointedLayer::apply(x, in.cos, in.sin, in.mask, (int64_t)i, reinterpret_cast<int64_t>(model.get()))
+                          : model->layer(i, x, in, nullptr);
+    x = layer_keep.defined() ? torch::where(layer_keep[i].view({B, 1, 1}), y, x) : y;
     for (size_t e = 0; e < exits.size(); ++e)
       if (exits[e] == i + 1) hidden[e] = x;
   }
@@ -61,8 +65,8 @@ std::vector<Tensor> trunk_forward(Llama& model, const Batch& b, const std::vecto
 
 std::map<int, double> multi_exit_backward(Llama& model, const Batch& batch, const std::vector<int>& exits,
                                           const std::vector<double>& weights, double norm, int64_t chunk,
-                                          bool checkpoint_activations) {
-  std::vector<Tensor> hidden = trunk_forward(model, batch, exits, checkpoint_activations);  // each [B,T,D]
+                                          bool checkpoint_activations, const Tensor& layer_keep) {
+  std::vector<Tensor> hidden = trunk_forward(model, batch, exits, checkpoint_activations, layer_keep);  // each [B,T,D]
   std::map<int, double> nll;
   std::vector<Tensor> roots, root_grads;
   for (size_t e = 0; e < exits.size(); ++e) {

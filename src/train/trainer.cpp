@@ -11,6 +11,7 @@
 #include "sortedllama/io/checkpoint.h"
 #include "sortedllama/io/tokenizer.h"
 #include "sortedllama/model/exits.h"
+#include "sortedllama/train/recipe.h"
 #include "sortedllama/train/state.h"
 #include "sortedllama/util/files.h"
 #include "sortedllama/util/rng.h"
@@ -111,6 +112,7 @@ void Trainer::plan_method() {
     model_->add_ict_heads(exits_);
   }
   weights_ = exit_weights_in_exit_order(L);
+  drop_rates_ = layer_drop_rates(o_.layer_dropout, o_.layer_dropout_schedule, L);
   if (o_.exit_sample > (int64_t)exits_.size())
     throw std::runtime_error("config key \"exit_sample\" (" + std::to_string(o_.exit_sample) + ") is more than the " +
                              std::to_string(exits_.size()) + " exits (" + format_exits(exits_) + ")");
@@ -130,9 +132,10 @@ void Trainer::plan_method() {
   }
 }
 
-// exit_weights pair with the exits in the order the config lists them; exits_ is sorted.
+// exit_weights pair with the exits in the order the config lists them; exits_ is sorted. Without
+// them, train.exit_scale gives the weights.
 std::vector<double> Trainer::exit_weights_in_exit_order(int n_layers) const {
-  if (o_.exit_weights.empty()) return std::vector<double>(exits_.size(), 1.0);
+  if (o_.exit_weights.empty()) return exit_scale_weights(o_.exit_scale, exits_, o_.exit_scale_last);
   const bool listed = o_.method == Method::kSoft && o_.exits != "auto" && o_.exits != "all";
   const std::vector<int> order = listed ? parse_exits_in_order(o_.exits, n_layers) : exits_;
   for (size_t i = 0; i < order.size(); ++i)
@@ -195,9 +198,10 @@ void Trainer::check_resumed_config(const nlohmann::json& saved) const {
 // the interruption) are dropped: those steps run again and each step keeps one line.
 void Trainer::open_run_log() {
   if (!lead()) return;
-  spdlog::info("{} on {} layers, exits {} (weights {}), {} steps of {} x {} sequences over {} rank(s), lr {} (warmup {}), "
+  spdlog::info("{} on {} layers, exits {} (weights {}, curriculum {}, layer dropout {}), {} steps of {} x {} sequences over {} rank(s), lr {} (warmup {}), "
                "{} trainable tensors, {}, optimizer {} ({} of {} elements on this rank)",
                method_name(o_.method), model_->config().n_layers, format_exits(exits_), nlohmann::json(weights_).dump(),
+               config_["train"]["curriculum"].get<std::string>(), nlohmann::json(drop_rates_).dump(),
                sched_.total, o_.grad_accum, o_.batch_size, dist_->world(), o_.lr, sched_.warmup, trainable_.size(),
                o_.precision == Precision::kBf16 ? "bf16" : "fp32", o_.zero_stage == 2 ? "sharded (ZeRO-2)" : "replicated",
                opt_->owned_numel(), [&] { int64_t n = 0; for (auto& t : trainable_) n += t.second.numel(); return n; }());
@@ -214,30 +218,35 @@ void Trainer::open_run_log() {
   for (const auto& line : kept) metrics_ << line << "\n";
 }
 
-// All exits, or (exit_sample) a seeded random subset that always holds the last.
+// The step's exits with their weights: all, a curriculum's subset, or (exit_sample) a seeded
+// random subset; the last exit is always in.
 Trainer::StepExits Trainer::exits_for_step() const {
-  StepExits se{exits_, weights_, 0};
+  StepExits se;
+  for (size_t i : active_exit_indices()) {
+    se.exits.push_back(exits_[i]);
+    se.weights.push_back(weights_[i]);
+    se.weight_sum += weights_[i];
+  }
+  return se;
+}
+
+std::vector<size_t> Trainer::active_exit_indices() const {
   if (o_.method == Method::kSoft && o_.exit_sample > 0 && o_.exit_sample < (int64_t)exits_.size()) {
     std::vector<size_t> idx = shuffled_indices(exits_.size() - 1, o_.seed * 1000003 + (uint64_t)step_);
     idx.resize(o_.exit_sample - 1);
     idx.push_back(exits_.size() - 1);
     std::sort(idx.begin(), idx.end());
-    se.exits.clear();
-    se.weights.clear();
-    for (size_t i : idx) {
-      se.exits.push_back(exits_[i]);
-      se.weights.push_back(weights_[i]);
-    }
+    return idx;
   }
-  for (double w : se.weights) se.weight_sum += w;
-  return se;
+  return curriculum_exits(o_.curriculum, exits_.size(), step_, sched_.total, o_.seed, o_.curriculum_period);
 }
 
 // This rank's share of the step's micro-batches. Every rank knows the whole global batch (for the
 // token counts) and runs its contiguous share.
-std::vector<Batch> Trainer::micro_batches(int64_t* targets, int64_t* tokens) {
-  std::vector<Batch> micro;
+std::vector<Trainer::MicroBatch> Trainer::micro_batches(int64_t* targets, int64_t* tokens) {
+  std::vector<MicroBatch> micro;
   *targets = *tokens = 0;
+  dropped_.assign(drop_rates_.size(), 0);
   for (int64_t a = 0; a < o_.grad_accum; ++a) {
     const int64_t m = step_ * o_.grad_accum + a, epoch = m / sched_.per_epoch;
     if (epoch != batches_epoch_) {
@@ -252,19 +261,36 @@ std::vector<Batch> Trainer::micro_batches(int64_t* targets, int64_t* tokens) {
       *tokens += (int64_t)train_[global[j]].tokens.size();
       if (j >= lo && j < hi) group.push_back(&train_[global[j]]);
     }
-    if (!group.empty()) micro.push_back(collate(group, device_));
+    Tensor keep = o_.layer_dropout > 0 ? layer_keep_mask(m, lo, hi, n) : Tensor();
+    if (!group.empty()) micro.push_back({collate(group, device_), keep});
   }
   return micro;
 }
 
+// Layer dropout of global micro-batch m: rows lo..hi-1 of its n sequences, as [n_layers, hi-lo]
+// bool (true = run the layer). Drawn for the whole global batch, so dropped_ counts every rank's
+// sequences and the draws do not depend on the number of ranks.
+Tensor Trainer::layer_keep_mask(int64_t m, size_t lo, size_t hi, size_t n) {
+  const int L = (int)drop_rates_.size();
+  Tensor keep = torch::ones({L, (int64_t)(hi - lo)}, torch::kBool);
+  auto k = keep.accessor<bool, 2>();
+  for (int l = 0; l < L; ++l)
+    for (size_t j = 0; j < n; ++j) {
+      if (!layer_dropped(drop_rates_[l], o_.seed, m, (int64_t)j, l)) continue;
+      ++dropped_[l];
+      if (j >= lo && j < hi) k[l][(int64_t)(j - lo)] = false;
+    }
+  return keep.to(device_);
+}
+
 // Forward and backward of every micro-batch; returns this rank's summed NLL per exit.
-std::map<int, double> Trainer::train_step(const StepExits& se, const std::vector<Batch>& micro, int64_t targets) {
+std::map<int, double> Trainer::train_step(const StepExits& se, const std::vector<MicroBatch>& micro, int64_t targets) {
   std::map<int, double> exit_nll;
   for (size_t m = 0; m < micro.size(); ++m) {
     if (m + 1 == micro.size()) opt_->overlap_next_backward();  // reduce layers' gradients as they complete
-    for (auto& [e, v] : multi_exit_backward(model_, micro[m], se.exits, se.weights,
+    for (auto& [e, v] : multi_exit_backward(model_, micro[m].batch, se.exits, se.weights,
                                             se.weight_sum * (double)std::max<int64_t>(1, targets), loss_chunk_,
-                                            o_.checkpoint_activations))
+                                            o_.checkpoint_activations, micro[m].layer_keep))
       exit_nll[e] += v;
   }
   return exit_nll;
@@ -303,15 +329,17 @@ bool Trainer::accept_finite(const StepLoss& sl, double grad_norm) {
   return false;
 }
 
-// One line of metrics.jsonl per step and the progress line.
-void Trainer::log_step(const StepLoss& sl, int64_t tokens, double lr, double grad_norm, double ms) {
+// One line of metrics.jsonl per step (with the step's exits, their weights and the sequences that
+// skipped each layer) and the progress line.
+void Trainer::log_step(const StepExits& se, const StepLoss& sl, int64_t tokens, double lr, double grad_norm, double ms) {
   elapsed_s_ += ms / 1000.0;
   const double eta = elapsed_s_ / (double)(step_ - start_step_) * (double)(sched_.total - step_);
   const double epoch_f = (double)(step_ * o_.grad_accum) / (double)sched_.per_epoch;
   const double tok_s = (double)tokens / (ms / 1000.0);
   if (!lead()) return;
   metrics_ << nlohmann::json{{"type", "train"}, {"step", step_},        {"epoch", epoch_f},       {"loss", sl.loss},
-                             {"exit_loss", sl.per_exit}, {"lr", lr},    {"grad_norm", grad_norm}, {"tokens", tokens},
+                             {"exit_loss", sl.per_exit}, {"exits", se.exits}, {"exit_weights", se.weights},
+                             {"layers_dropped", dropped_}, {"lr", lr},    {"grad_norm", grad_norm}, {"tokens", tokens},
                              {"tokens_per_s", tok_s}, {"ms_per_step", ms}, {"eta_s", eta}}
                   .dump()
            << "\n"
@@ -372,7 +400,7 @@ FinetuneResult Trainer::run() {
     const Stopwatch clock;
     const StepExits se = exits_for_step();
     int64_t targets = 0, tokens = 0;
-    const std::vector<Batch> micro = micro_batches(&targets, &tokens);
+    const std::vector<MicroBatch> micro = micro_batches(&targets, &tokens);
     const StepLoss loss = reduce_step_loss(se, train_step(se, micro, targets), targets);
     const double lr = lr_at(step_, sched_.total, sched_.warmup, o_.lr, o_.min_lr_ratio);
     const double grad_norm = opt_->reduce_and_clip(o_.clip);
@@ -384,7 +412,7 @@ FinetuneResult Trainer::run() {
                    opt_->bucket_count(), o_.bucket_mb, opt_->early_buckets());
       told_buckets = true;
     }
-    log_step(loss, tokens, lr, grad_norm, clock.ms());
+    log_step(se, loss, tokens, lr, grad_norm, clock.ms());
     result.losses.push_back(loss.loss);
     if (o_.eval_every > 0 && step_ % o_.eval_every == 0 && step_ < sched_.total) {
       if (tty_ && lead()) fmt::print(stderr, "\n");

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "sortedllama/data/examples.h"
+#include "sortedllama/train/recipe.h"
 
 namespace sl {
 
@@ -29,6 +30,11 @@ nlohmann::json resolve_train_config(const std::string& path, const std::vector<s
 // One "a.b=value" override applied in place.
 void apply_override(nlohmann::json& cfg, const std::string& assignment);
 
+// Sets train.recipe and the keys the named recipe presets (scales, curriculum, layer dropout).
+// resolve_train_config applies it over the defaults and before the file and the overrides, so
+// keys given explicitly win. Throws naming train.recipe for an unknown name.
+void apply_recipe(nlohmann::json& cfg, const std::string& name);
+
 struct TrainOptions {
   std::string model;     // HF directory to start from ("" when init is given)
   nlohmann::json init;   // HF config object for a randomly initialised model (null when model is given)
@@ -37,6 +43,13 @@ struct TrainOptions {
   std::string exits;      // exit set spec (see exits.h)
   std::vector<double> exit_weights;  // one per exit, or empty = uniform
   int64_t exit_sample = 0;           // soft: exits per step (random subset, last always in); 0 = all
+  std::string recipe;                // the preset the values below started from (informational)
+  ExitScale exit_scale = ExitScale::kUniform;  // used when exit_weights is empty
+  double exit_scale_last = 0;                  // last: the deepest exit's share
+  Curriculum curriculum = Curriculum::kNone;
+  int64_t curriculum_period = 0;               // rotational: every period-th exit per step
+  double layer_dropout = 0;                    // the deepest layer's skip probability in training
+  DropSchedule layer_dropout_schedule = DropSchedule::kExp;
   int64_t extract_layers = 0;        // extracted: keep the first k layers
   std::string out_dir;
 

@@ -22,10 +22,12 @@ int64_t target_count(const Example& e);  // the labels >= 0 that collate() gives
 // own into the head, the final norm and a detached copy of its hidden state; then one backward
 // through the trunk takes all exits' hidden-state gradients together. The batch contributes
 // weight[e] * sum_NLL_e / norm to the gradient (norm = target tokens of the whole optimizer step,
-// so gradient accumulation equals one big batch). Returns each exit's summed NLL.
+// so gradient accumulation equals one big batch). layer_keep [n_layers, B] bool (undefined = keep
+// all) is layer dropout: where it is false, that sequence's residual stream passes the layer
+// unchanged. Returns each exit's summed NLL.
 std::map<int, double> multi_exit_backward(Llama& model, const Batch& batch, const std::vector<int>& exits,
                                           const std::vector<double>& weights, double norm, int64_t chunk,
-                                          bool checkpoint_activations);
+                                          bool checkpoint_activations, const torch::Tensor& layer_keep = {});
 
 // Mean response-token NLL per exit over `data` (no gradients). With `dist`, each rank scores every
 // world-th example and the sums are all-reduced.

@@ -60,15 +60,21 @@ class Trainer {
     double weight_sum = 0;
   };
   StepExits exits_for_step() const;
-  std::vector<Batch> micro_batches(int64_t* targets, int64_t* tokens);
-  std::map<int, double> train_step(const StepExits& se, const std::vector<Batch>& micro, int64_t targets);
+  std::vector<size_t> active_exit_indices() const;
+  struct MicroBatch {
+    Batch batch;
+    torch::Tensor layer_keep;  // [n_layers, B] bool, false = the sequence skips the layer; undefined = none skip
+  };
+  std::vector<MicroBatch> micro_batches(int64_t* targets, int64_t* tokens);
+  torch::Tensor layer_keep_mask(int64_t micro, size_t lo, size_t hi, size_t n);
+  std::map<int, double> train_step(const StepExits& se, const std::vector<MicroBatch>& micro, int64_t targets);
   struct StepLoss {
     double loss = 0;
     nlohmann::json per_exit;  // exit -> mean NLL per target token
   };
   StepLoss reduce_step_loss(const StepExits& se, const std::map<int, double>& exit_nll, int64_t targets);
   bool accept_finite(const StepLoss& sl, double grad_norm);
-  void log_step(const StepLoss& sl, int64_t tokens, double lr, double grad_norm, double ms);
+  void log_step(const StepExits& se, const StepLoss& sl, int64_t tokens, double lr, double grad_norm, double ms);
   std::map<int, double> validate();
   void save_checkpoint(const std::string& dir, bool with_state);
   void save_and_rotate();
@@ -84,6 +90,8 @@ class Trainer {
   Llama model_{nullptr};
   std::vector<int> exits_;
   std::vector<double> weights_;
+  std::vector<double> drop_rates_;  // per layer, training only
+  std::vector<int64_t> dropped_;    // this step: sequences of the global batch that skipped each layer
   std::vector<std::pair<std::string, torch::Tensor>> trainable_;
   std::vector<Example> train_, valid_;
   Schedule sched_;
