@@ -89,6 +89,17 @@ nlohmann::ordered_json recorded_options(const CLI::App& cmd) {
   return out;
 }
 
+// The subcommand named on the command line: the first word that is neither a global option nor
+// a global option's value.
+std::string subcommand_of(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--threads" || a == "--device" || a == "--log-level") ++i;
+    else if (a.empty() || a[0] != '-') return a;
+  }
+  return "";
+}
+
 }  // namespace sl
 
 int main(int argc, char** argv) {
@@ -96,7 +107,10 @@ int main(int argc, char** argv) {
   // threads, which starves OpenBLAS's own threads: training steps took 2x as long on 2 cores. So,
   // unless the user chose a policy, restart this same binary once with PASSIVE (through its real
   // path, so that ps and top still show "sortedllama").
-  if (!getenv("OMP_WAIT_POLICY") && setenv("OMP_WAIT_POLICY", "PASSIVE", 1) == 0) {
+  // generate is the exception: its decoding steps run about a hundred short parallel regions per
+  // token on idle BLAS threads, and waking passive threads for each cost a fifth of the speed.
+  if (!getenv("OMP_WAIT_POLICY") && sl::subcommand_of(argc, argv) != "generate" &&
+      setenv("OMP_WAIT_POLICY", "PASSIVE", 1) == 0) {
     char self[4096];
     const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
     if (n > 0) {

@@ -10,30 +10,36 @@ namespace sl {
 using torch::Tensor;
 
 namespace {
-// y[rows] = W[rows, cols] x[cols] for output rows [begin, end). Sixteen independent partial sums
-// per row let the compiler vectorise the dot product without reassociating it; the clones give
-// AVX-512 and AVX2 code on the CPUs that have them (chosen once, at load time).
+// y[r, i] = W[i, :] . x[r, :] for output rows i in [begin, end) and every input row r. Each weight
+// row is read from memory once and stays in L1 while every input row takes its dot product with
+// it: one decoding step is bound by reading W. Sixteen independent partial sums let the compiler
+// vectorise a dot product without reassociating it; the clones give AVX-512 and AVX2 code on the
+// CPUs that have them (chosen once, at load time).
 __attribute__((target_clones("avx512f", "avx2", "default"))) void dot_rows(float* y, const float* W, const float* x,
-                                                                           int64_t begin, int64_t end, int64_t cols) {
+                                                                           int64_t R, int64_t rows, int64_t cols,
+                                                                           int64_t begin, int64_t end) {
   constexpr int kLanes = 16;
   for (int64_t i = begin; i < end; ++i) {
     const float* w = W + i * cols;
-    float acc[kLanes] = {0};
-    int64_t j = 0;
-    for (; j + kLanes <= cols; j += kLanes)
-      for (int k = 0; k < kLanes; ++k) acc[k] += w[j + k] * x[j + k];
-    float sum = 0;
-    for (int k = 0; k < kLanes; ++k) sum += acc[k];
-    for (; j < cols; ++j) sum += w[j] * x[j];
-    y[i] = sum;
+    for (int64_t r = 0; r < R; ++r) {
+      const float* v = x + r * cols;
+      float acc[kLanes] = {0};
+      int64_t j = 0;
+      for (; j + kLanes <= cols; j += kLanes)
+        for (int k = 0; k < kLanes; ++k) acc[k] += w[j + k] * v[j + k];
+      float sum = 0;
+      for (int k = 0; k < kLanes; ++k) sum += acc[k];
+      for (; j < cols; ++j) sum += w[j] * v[j];
+      y[r * rows + i] = sum;
+    }
   }
 }
 }  // namespace
 
-void matvec(float* y, const float* W, const float* x, int64_t rows, int64_t cols) {
+void matvec(float* y, const float* W, const float* x, int64_t R, int64_t rows, int64_t cols) {
   // Tasks of at least ~64K multiply-adds: fewer would cost more to hand out than they save.
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, cols));
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) { dot_rows(y, W, x, begin, end, cols); });
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, R * cols));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) { dot_rows(y, W, x, R, rows, cols, begin, end); });
 }
 
 namespace {
@@ -43,12 +49,9 @@ float* sized(std::vector<float>& buf, int64_t n) {
   return buf.data();
 }
 
-// out [R,n] = in [R,m] W^T with W [n,m]: matvec for one row, a BLAS GEMM for several.
+// out [R,n] = in [R,m] W^T with W [n,m].
 void project(float* out, const float* in, int64_t R, const Tensor& w) {
-  const int64_t n = w.size(0), m = w.size(1);
-  if (R == 1) return matvec(out, w.data_ptr<float>(), in, n, m);
-  Tensor o = torch::from_blob(out, {R, n}, torch::kFloat32);
-  at::mm_out(o, torch::from_blob(const_cast<float*>(in), {R, m}, torch::kFloat32), w.t());
+  matvec(out, w.data_ptr<float>(), in, R, w.size(0), w.size(1));
 }
 
 // out = x * rsqrt(mean(x^2) + eps) * w over D values (RMSNormImpl::forward).

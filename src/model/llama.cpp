@@ -12,15 +12,19 @@ using torch::Tensor;
 namespace F = torch::nn::functional;
 
 Tensor linear_map(const Tensor& x, const Tensor& w) {
-  if (x.numel() != w.size(1)) return F::linear(x, w);
+  const int64_t rows = x.numel() / std::max<int64_t>(1, w.size(1));  // positions
   std::vector<int64_t> shape = x.sizes().vec();
   shape.back() = w.size(0);
   const bool plain_fp32 = x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && w.scalar_type() == torch::kFloat32 &&
                           w.is_contiguous() && !torch::GradMode::is_enabled();
-  if (!plain_fp32) return torch::mv(w, x.reshape({-1})).view(shape);
-  Tensor xc = x.contiguous(), y = torch::empty(shape, torch::kFloat32);
-  matvec(y.data_ptr<float>(), w.data_ptr<float>(), xc.data_ptr<float>(), w.size(0), w.size(1));
-  return y;
+  // A few positions (decoding steps) read W once in matvec; many are a compute-bound GEMM.
+  if (plain_fp32 && rows <= kMatvecRows) {
+    Tensor xc = x.contiguous(), y = torch::empty(shape, torch::kFloat32);
+    matvec(y.data_ptr<float>(), w.data_ptr<float>(), xc.data_ptr<float>(), rows, w.size(0), w.size(1));
+    return y;
+  }
+  if (rows == 1) return torch::mv(w, x.reshape({-1})).view(shape);
+  return F::linear(x, w);
 }
 
 Tensor RMSNormImpl::forward(const Tensor& x) {

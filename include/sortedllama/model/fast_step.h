@@ -1,9 +1,9 @@
 // One decoder layer for ONE new position per row, fp32 on the CPU: DecoderLayerImpl's math for
 // T = 1, written the way llama2.c writes it. Decoding spends almost all its time here, and for one
 // position libtorch's general path pays per-op dispatch, a GEMM where a matrix-vector product
-// suffices, and a temporary per element-wise step. Here one row's projections are matvec() (see
-// below), several rows' a BLAS GEMM (at::mm_out), into buffers reused across calls; attention reads
-// the cache in place, and the element-wise work is plain loops. LlamaImpl::layer picks this path when
+// suffices, and a temporary per element-wise step. Here the projections are matvec() (see below)
+// into buffers reused across calls, attention reads the cache in place, and the element-wise work
+// is plain loops. LlamaImpl::layer picks this path when
 // fast_step_applies(); the general path stays the reference that tests compare it with.
 //
 // Shapes: R rows (one new position each), D hidden, H heads, KV key/value heads, hd head dim,
@@ -25,9 +25,12 @@ struct StepBuffers {
   std::vector<float> scores;    // [R*H,S] attention scores
 };
 
-// y [rows] = W [rows, cols] x [cols], fp32, on intra-op threads. One row's projection is bound by
-// reading W; OpenBLAS's sgemv reads it about 1.5x slower than this plain vectorised loop here.
-void matvec(float* y, const float* W, const float* x, int64_t rows, int64_t cols);
+// y [R, rows] = x [R, cols] W^T for W [rows, cols], fp32, on intra-op threads: R matrix-vector
+// products that read W once. A decoding step is bound by reading W: OpenBLAS's sgemv reads it
+// about 1.5x slower than this plain vectorised loop, and its GEMM packs W for a few rows first.
+void matvec(float* y, const float* W, const float* x, int64_t R, int64_t rows, int64_t cols);
+// Up to this many rows matvec beats a GEMM (which is compute-bound beyond it).
+constexpr int64_t kMatvecRows = 32;
 
 // fp32 CPU input [R,1,D] with a fp32 contiguous cache and autograd off.
 bool fast_step_applies(const torch::Tensor& x, const KVCache* cache);

@@ -16,8 +16,8 @@
 
 namespace sl {
 
-// y = x W^T without bias; x [..., in], W [out, in] -> [..., out]. One row (a decoding step) is a
-// matrix-vector product (fast_step's matvec in fp32 without autograd): a GEMM is much slower for it.
+// y = x W^T without bias; x [..., in], W [out, in] -> [..., out]. A few rows (decoding steps) are
+// matrix-vector products (fast_step's matvec in fp32 without autograd): a GEMM is much slower for them.
 torch::Tensor linear_map(const torch::Tensor& x, const torch::Tensor& w);
 
 struct LinearImpl : torch::nn::Module {
