@@ -5,6 +5,13 @@
 #include <cmath>
 #include <limits>
 
+// CPU-specific clones of the hot loop where the compiler can make them (GCC/Clang on x86-64).
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define SL_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define SL_CPU_CLONES
+#endif
+
 namespace sl {
 
 using torch::Tensor;
@@ -15,9 +22,8 @@ namespace {
 // it: one decoding step is bound by reading W. Sixteen independent partial sums let the compiler
 // vectorise a dot product without reassociating it; the clones give AVX-512 and AVX2 code on the
 // CPUs that have them (chosen once, at load time).
-__attribute__((target_clones("avx512f", "avx2", "default"))) void dot_rows(float* y, const float* W, const float* x,
-                                                                           int64_t R, int64_t rows, int64_t cols,
-                                                                           int64_t begin, int64_t end) {
+SL_CPU_CLONES void dot_rows(float* y, const float* W, const float* x, int64_t R, int64_t rows, int64_t cols,
+                            int64_t begin, int64_t end) {
   constexpr int kLanes = 16;
   for (int64_t i = begin; i < end; ++i) {
     const float* w = W + i * cols;
