@@ -153,8 +153,8 @@ LlamaImpl::LlamaImpl(const ModelConfig& cfg) : cfg_(cfg) {
   if (!cfg_.tie_embeddings) lm_head = register_module("lm_head", Linear(cfg_.dim, cfg_.vocab_size));
   ict_heads = register_module("ict_heads", std::make_shared<torch::nn::Module>());
   const int64_t hd = cfg_.head_dim();
-  // Not a buffer: module->to(bf16) must not round the frequencies (positions * inv_freq stay fp32).
   step_buffers_ = std::make_shared<StepBuffers>();
+  // Not a buffer: module->to(bf16) must not round the frequencies (positions * inv_freq stay fp32).
   inv_freq_ = (1.0 / torch::pow(cfg_.rope_theta, torch::arange(0, hd, 2, torch::kFloat64) / (double)hd)).to(torch::kFloat32);
   if (!cfg_.ict_exits.empty()) add_ict_heads(cfg_.ict_exits);
 }
