@@ -5,7 +5,8 @@
 # agreement with the full model's outputs. Writes bench/decoding.json and bench/decoding.md.
 #
 #   scripts/bench_decoding.sh [MODEL_DIR] [--max-new-tokens N] [--prompts FILE] [--out DIR]
-#   scripts/bench_decoding.sh --vs-llama2c [--pairs N] [--new-tokens N] [--threads 1,2] [--out DIR]
+#   scripts/bench_decoding.sh --vs-llama2c [--pairs N] [--new-tokens N] [--threads 1,2] [--batches 8,32]
+#                             [--shapes 110M,15M] [--out DIR]
 #
 # --vs-llama2c instead compares batch-1 fp32 decoding with llama2.c's runomp on random weights of
 # two shapes (110M and 15M), both programs on the same weights, interleaved, and sortedllama's
