@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 // CPU-specific clones of the hot loop where the compiler can make them (GCC/Clang on x86-64).
@@ -17,35 +18,76 @@ namespace sl {
 using torch::Tensor;
 
 namespace {
-// y[r, i] = W[i, :] . x[r, :] for output rows i in [begin, end) and every input row r. Each weight
-// row is read from memory once and stays in L1 while every input row takes its dot product with
-// it: one decoding step is bound by reading W. Sixteen independent partial sums let the compiler
-// vectorise a dot product without reassociating it; the clones give AVX-512 and AVX2 code on the
-// CPUs that have them (chosen once, at load time).
-SL_CPU_CLONES void dot_rows(float* y, const float* W, const float* x, int64_t R, int64_t rows, int64_t cols,
-                            int64_t begin, int64_t end) {
+// y[0, i] = W[i, :] . x[0, :] for output rows i in [begin, end): one input row, bound by reading W
+// from memory. Sixteen independent partial sums let the compiler vectorise the dot product without
+// reassociating it; the clones give AVX-512 and AVX2 code on the CPUs that have them (chosen once,
+// at load time).
+SL_CPU_CLONES void dot_rows(float* y, const float* W, const float* x, int64_t cols, int64_t begin, int64_t end) {
   constexpr int kLanes = 16;
   for (int64_t i = begin; i < end; ++i) {
     const float* w = W + i * cols;
-    for (int64_t r = 0; r < R; ++r) {
-      const float* v = x + r * cols;
-      float acc[kLanes] = {0};
-      int64_t j = 0;
-      for (; j + kLanes <= cols; j += kLanes)
-        for (int k = 0; k < kLanes; ++k) acc[k] += w[j + k] * v[j + k];
-      float sum = 0;
-      for (int k = 0; k < kLanes; ++k) sum += acc[k];
-      for (; j < cols; ++j) sum += w[j] * v[j];
-      y[r * rows + i] = sum;
+    float acc[kLanes] = {0};
+    int64_t j = 0;
+    for (; j + kLanes <= cols; j += kLanes)
+      for (int k = 0; k < kLanes; ++k) acc[k] += w[j + k] * x[j + k];
+    float sum = 0;
+    for (int k = 0; k < kLanes; ++k) sum += acc[k];
+    for (; j < cols; ++j) sum += w[j] * x[j];
+    y[i] = sum;
+  }
+}
+
+// Eight floats: one AVX register (two SSE registers in the default clone).
+typedef float Vec8 __attribute__((vector_size(32), aligned(4)));
+
+// y[r + c, i + a] for a < NW weight rows and c < NX input rows: NW * NX dot products in registers,
+// so each 8-float step loads NW + NX vectors for NW * NX multiply-adds. Inlined into each clone.
+template <int NW, int NX>
+__attribute__((always_inline)) inline void dot_block(float* y, const float* W, const float* x, int64_t rows,
+                                                     int64_t cols, int64_t i, int64_t r) {
+  Vec8 acc[NW][NX] = {};
+  int64_t j = 0;
+  for (; j + 8 <= cols; j += 8) {
+    Vec8 w[NW];
+    for (int a = 0; a < NW; ++a) std::memcpy(&w[a], W + (i + a) * cols + j, sizeof(Vec8));
+    for (int c = 0; c < NX; ++c) {
+      Vec8 v;
+      std::memcpy(&v, x + (r + c) * cols + j, sizeof v);
+      for (int a = 0; a < NW; ++a) acc[a][c] += w[a] * v;
     }
   }
+  for (int a = 0; a < NW; ++a)
+    for (int c = 0; c < NX; ++c) {
+      float sum = 0;
+      for (int k = 0; k < 8; ++k) sum += acc[a][c][k];
+      for (int64_t t = j; t < cols; ++t) sum += W[(i + a) * cols + t] * x[(r + c) * cols + t];
+      y[(r + c) * rows + i + a] = sum;
+    }
+}
+
+// y[r, i] = W[i, :] . x[r, :] for every input row r and output rows i in [begin, end), R >= 2:
+// blocks of 4 weight rows (read from memory once) times 2 input rows.
+SL_CPU_CLONES void dot_blocks(float* y, const float* W, const float* x, int64_t R, int64_t rows, int64_t cols,
+                              int64_t begin, int64_t end) {
+  constexpr int kW = 4, kX = 2;
+  int64_t i = begin;
+  for (; i + kW <= end; i += kW) {
+    int64_t r = 0;
+    for (; r + kX <= R; r += kX) dot_block<kW, kX>(y, W, x, rows, cols, i, r);
+    for (; r < R; ++r) dot_block<kW, 1>(y, W, x, rows, cols, i, r);
+  }
+  for (; i < end; ++i)
+    for (int64_t r = 0; r < R; ++r) dot_block<1, 1>(y, W, x, rows, cols, i, r);
 }
 }  // namespace
 
 void matvec(float* y, const float* W, const float* x, int64_t R, int64_t rows, int64_t cols) {
   // Tasks of at least ~64K multiply-adds: fewer would cost more to hand out than they save.
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, R * cols));
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) { dot_rows(y, W, x, R, rows, cols, begin, end); });
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    if (R == 1) dot_rows(y, W, x, cols, begin, end);
+    else dot_blocks(y, W, x, R, rows, cols, begin, end);
+  });
 }
 
 namespace {

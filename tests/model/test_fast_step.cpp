@@ -38,6 +38,19 @@ Batch filled_batch(sl::Llama& m, int64_t R) {
 }
 }  // namespace
 
+TEST(Matvec, EqualsAMatrixProductForEveryBlockAndTailShape) {
+  // Rows and columns that leave partial weight-row blocks, input-row blocks and 8-float tails.
+  torch::manual_seed(5);
+  for (int64_t R : {1, 2, 3, 5, 8})
+    for (int64_t rows : {1, 3, 4, 7, 13})
+      for (int64_t cols : {1, 7, 8, 17, 70}) {
+        Tensor W = torch::randn({rows, cols}), x = torch::randn({R, cols});
+        Tensor y = torch::empty({R, rows});
+        sl::matvec(y.data_ptr<float>(), W.data_ptr<float>(), x.data_ptr<float>(), R, rows, cols);
+        EXPECT_LT(sl_test::max_abs_diff(y, x.matmul(W.t())), 1e-4) << "R " << R << " rows " << rows << " cols " << cols;
+      }
+}
+
 TEST(FastStep, EqualsTheGeneralLayerForOnePosition) {
   sl::Llama m = sl::load_model(sl_test::source_dir() + "/tests/data/ref_gqa");  // 4 heads over 2 KV heads
   torch::NoGradGuard g;
