@@ -103,19 +103,23 @@ std::string subcommand_of(int argc, char** argv) {
 }  // namespace sl
 
 int main(int argc, char** argv) {
-  // libgomp reads OMP_WAIT_POLICY once, when it loads (before main). Its default spins idle OpenMP
-  // threads, which starves OpenBLAS's own threads: training steps took 2x as long on 2 cores. So,
-  // unless the user chose a policy, restart this same binary once with PASSIVE (through its real
-  // path, so that ps and top still show "sortedllama").
-  // generate is the exception: its decoding steps run about a hundred short parallel regions per
-  // token on idle BLAS threads, and waking passive threads for each cost a fifth of the speed.
-  if (!getenv("OMP_WAIT_POLICY") && sl::subcommand_of(argc, argv) != "generate" &&
-      setenv("OMP_WAIT_POLICY", "PASSIVE", 1) == 0) {
+  // Settings that libraries read once, when they load (before main), take a restart of this same
+  // binary (through its real path, so that ps and top still show "sortedllama"):
+  // - a better OpenBLAS kernel than the one it detected, or dropping one that failed its check;
+  // - libgomp's default wait policy spins idle OpenMP threads, which starves OpenBLAS's own
+  //   threads: training steps took 2x as long on 2 cores. So, unless the user chose a policy, the
+  //   process runs with PASSIVE. generate is the exception: its decoding steps run about a hundred
+  //   short parallel regions per token on idle BLAS threads, and waking passive threads for each
+  //   cost a fifth of the speed.
+  bool restart = sl::prepare_blas_kernel();
+  if (!getenv("OMP_WAIT_POLICY") && sl::subcommand_of(argc, argv) != "generate")
+    restart = setenv("OMP_WAIT_POLICY", "PASSIVE", 1) == 0 || restart;
+  if (restart) {
     char self[4096];
     const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
     if (n > 0) {
       self[n] = '\0';
-      execv(self, argv);  // returns only on failure: then carry on with the default policy
+      execv(self, argv);  // returns only on failure: then carry on as this process is
     }
   }
   // glibc malloc, tuned for tensors: blocks up to 32 MiB come from the heap and are reused, and the
@@ -141,6 +145,7 @@ int main(int argc, char** argv) {
     spdlog::set_level(spdlog::level::from_str(g.log_level));
     int n = sl::init_threads(g.threads);
     spdlog::debug("{} threads, BLAS: {}", n, sl::blas_description());
+    if (const std::string kernel = sl::blas_kernel_note(); !kernel.empty()) spdlog::info("OpenBLAS {}", kernel);
     if (!sl::blas_is_optimized()) spdlog::warn("slow BLAS in use: {}", sl::blas_description());
   });
   sl::add_generate_command(app, g);

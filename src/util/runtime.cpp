@@ -1,9 +1,13 @@
 #include "sortedllama/util/runtime.h"
 
 #include <dlfcn.h>
+#include <setjmp.h>
+#include <signal.h>
 
 #include <cstdlib>
+#include <cmath>
 #include <fstream>
+#include <set>
 #include <thread>
 
 #include <torch/torch.h>
@@ -45,6 +49,122 @@ std::string blas_description() {
   return "reference BLAS (" + lib + ") -- about 15x slower; install libopenblas0-pthread";
 }
 
+CpuFeatures CpuFeatures::of_this_cpu() {
+  CpuFeatures c;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  c.avx2 = __builtin_cpu_supports("avx2");
+  c.fma = __builtin_cpu_supports("fma");
+  c.avx512f = __builtin_cpu_supports("avx512f");
+  c.avx512bw = __builtin_cpu_supports("avx512bw");
+  c.avx512dq = __builtin_cpu_supports("avx512dq");
+  c.avx512vl = __builtin_cpu_supports("avx512vl");
+#endif
+  return c;
+}
+
+std::string better_blas_core(const std::string& detected, const CpuFeatures& cpu) {
+  // OpenBLAS's kernels older than AVX2: what it falls back to for a CPU it does not know.
+  static const std::set<std::string> older = {"Prescott", "Core2",    "Penryn",    "Dunnington",  "Nehalem",
+                                              "Atom",     "Barcelona", "Bulldozer", "Piledriver", "Steamroller",
+                                              "Excavator", "Sandybridge"};
+  if (!older.count(detected)) return "";
+  if (cpu.avx512f && cpu.avx512bw && cpu.avx512dq && cpu.avx512vl) return "SkylakeX";
+  if (cpu.avx2 && cpu.fma) return "Haswell";
+  return "";
+}
+
+std::string blas_core_name() {
+  auto name = reinterpret_cast<char* (*)()>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
+  return name ? name() : "";
+}
+
+namespace {
+// Set with OPENBLAS_CORETYPE when sortedllama chose the kernel: "<chosen>/<detected>", or
+// "rejected:<chosen>/<detected>" once the chosen kernel failed its check.
+constexpr const char* kChoiceVar = "SORTEDLLAMA_BLAS_CHOICE";
+constexpr const char* kRejected = "rejected:";
+
+sigjmp_buf illegal_instruction_exit;
+void on_illegal_instruction(int) { siglongjmp(illegal_instruction_exit, 1); }
+
+// Entry (i, j) of a fixed, irregular test matrix.
+float test_value(int64_t i, int64_t j, double phase) { return (float)std::sin(0.37 * i + 1.31 * j + phase); }
+
+torch::Tensor test_matrix(int64_t rows, int64_t cols, double phase) {
+  torch::Tensor t = torch::empty({rows, cols}, torch::kFloat32);
+  auto a = t.accessor<float, 2>();
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) a[i][j] = test_value(i, j, phase);
+  return t;
+}
+
+// got [M,N] against sum_k x[m,k] w[n,k] in double, relative to sum_k |x w|.
+bool matches_reference(const torch::Tensor& got, const torch::Tensor& x, const torch::Tensor& w) {
+  auto g = got.accessor<float, 2>();
+  auto xa = x.accessor<float, 2>();
+  auto wa = w.accessor<float, 2>();
+  for (int64_t m = 0; m < x.size(0); ++m)
+    for (int64_t n = 0; n < w.size(0); ++n) {
+      double sum = 0, scale = 0;
+      for (int64_t k = 0; k < x.size(1); ++k) {
+        sum += (double)xa[m][k] * wa[n][k];
+        scale += std::fabs((double)xa[m][k] * wa[n][k]);
+      }
+      if (!(std::fabs(g[m][n] - sum) <= 1e-5 * scale + 1e-6)) return false;
+    }
+  return true;
+}
+}  // namespace
+
+bool blas_products_correct() {
+  // Odd sizes reach the kernels' edge cases; linear (x W^T) and mv are what the model calls.
+  torch::NoGradGuard no_grad;
+  const torch::Tensor x = test_matrix(67, 131, 0.0), w = test_matrix(45, 131, 2.0);
+  const torch::Tensor v = test_matrix(1, 131, 4.0);
+  return matches_reference(torch::linear(x, w), x, w) && matches_reference(torch::mm(x, w.t()), x, w) &&
+         matches_reference(torch::mv(w, v[0]).unsqueeze(0), v, w);
+}
+
+bool prepare_blas_kernel() {
+  const char* choice = getenv(kChoiceVar);
+  if (choice && std::string(choice).rfind(kRejected, 0) == 0) return false;
+  if (choice) {  // this process runs the kernel sortedllama chose: keep it only if it computes right
+    const std::string c = choice, chosen = c.substr(0, c.find('/'));
+    struct sigaction ill{}, old{};
+    ill.sa_handler = on_illegal_instruction;
+    sigaction(SIGILL, &ill, &old);
+    volatile bool ok = false;  // volatile: read after a jump back from the signal handler
+    if (sigsetjmp(illegal_instruction_exit, 1) == 0) ok = blas_core_name() == chosen && blas_products_correct();
+    sigaction(SIGILL, &old, nullptr);
+    if (ok) return false;
+    unsetenv("OPENBLAS_CORETYPE");
+    setenv(kChoiceVar, (kRejected + c).c_str(), 1);
+    return true;
+  }
+  if (getenv("OPENBLAS_CORETYPE")) return false;  // the user's choice
+  const std::string detected = blas_core_name(), better = better_blas_core(detected, CpuFeatures::of_this_cpu());
+  if (better.empty()) return false;
+  setenv("OPENBLAS_CORETYPE", better.c_str(), 1);
+  setenv(kChoiceVar, (better + "/" + detected).c_str(), 1);
+  return true;
+}
+
+std::string blas_kernel_note() {
+  const char* choice = getenv(kChoiceVar);
+  if (choice) {
+    std::string c = choice;
+    const bool rejected = c.rfind(kRejected, 0) == 0;
+    if (rejected) c = c.substr(std::string(kRejected).size());
+    const std::string chosen = c.substr(0, c.find('/')), detected = c.substr(c.find('/') + 1);
+    if (rejected)
+      return "kernel " + chosen + " failed its check on this CPU, so OpenBLAS's own " + detected + " is in use";
+    if (blas_core_name() != chosen) return "";  // the restart that would apply it did not happen
+    return "kernel " + chosen + " chosen by sortedllama over OpenBLAS's " + detected + ", results checked on this CPU";
+  }
+  return "";
+}
+
 int init_threads(int n) {
   if (n <= 0) n = (int)std::max(1u, std::thread::hardware_concurrency());
   torch::set_num_threads(n);
@@ -55,8 +175,11 @@ int init_threads(int n) {
 std::string version_string() {
   const std::string wait = startup_env("OMP_WAIT_POLICY");
   std::string device = torch::cuda::is_available() ? "cuda available" : "cpu";
+  std::string kernel = blas_kernel_note();
+  if (const char* forced = getenv("OPENBLAS_CORETYPE"); kernel.empty() && forced)
+    kernel = std::string("kernel set by OPENBLAS_CORETYPE=") + forced;
   return std::string("sortedllama ") + SORTEDLLAMA_VERSION + " (libtorch " + TORCH_VERSION + ", BLAS: " +
-         blas_description() + ", " + std::to_string(torch::get_num_threads()) + " threads, OpenMP wait " +
+         blas_description() + (kernel.empty() ? "" : "; " + kernel) + ", " + std::to_string(torch::get_num_threads()) + " threads, OpenMP wait " +
          (wait.empty() ? "default" : wait) + ", " + device + ")";
 }
 

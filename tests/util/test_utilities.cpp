@@ -5,6 +5,7 @@
 
 #include "sortedllama/util/files.h"
 #include "sortedllama/util/rng.h"
+#include "sortedllama/util/runtime.h"
 #include "sortedllama/util/sha256.h"
 #include "test_util.h"
 
@@ -79,4 +80,24 @@ TEST(AtomicFiles, RemoveDirNeverLeavesAHalfDeletedDirectoryUnderItsName) {
   EXPECT_TRUE(sl::is_atomic_temporary(".step-000003.trash-123"));
   EXPECT_FALSE(sl::is_atomic_temporary("step-000003"));
   EXPECT_FALSE(sl::is_atomic_temporary(".hidden"));
+}
+
+TEST(BlasKernel, AFallbackKernelIsReplacedByWhatTheCpuRuns) {
+  sl::CpuFeatures avx512;
+  avx512.avx2 = avx512.fma = avx512.avx512f = avx512.avx512bw = avx512.avx512dq = avx512.avx512vl = true;
+  sl::CpuFeatures avx2;
+  avx2.avx2 = avx2.fma = true;
+  sl::CpuFeatures avx512f_only = avx2;
+  avx512f_only.avx512f = true;  // without BW/DQ/VL the SkylakeX kernels would not run
+  EXPECT_EQ(sl::better_blas_core("Prescott", avx512), "SkylakeX");
+  EXPECT_EQ(sl::better_blas_core("Nehalem", avx2), "Haswell");
+  EXPECT_EQ(sl::better_blas_core("Prescott", avx512f_only), "Haswell");
+  EXPECT_EQ(sl::better_blas_core("Prescott", sl::CpuFeatures{}), "");
+  for (const char* known : {"Haswell", "SkylakeX", "Cooperlake", "Zen", "SapphireRapids"})
+    EXPECT_EQ(sl::better_blas_core(known, avx512), "") << known << " is OpenBLAS's own good choice";
+}
+
+TEST(BlasKernel, ProductsOfTheKernelInUseAreChecked) {
+  EXPECT_FALSE(sl::blas_core_name().empty()) << "the BLAS is not OpenBLAS";
+  EXPECT_TRUE(sl::blas_products_correct()) << "kernel " << sl::blas_core_name();
 }

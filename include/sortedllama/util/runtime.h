@@ -13,7 +13,31 @@ int init_threads(int n);
 std::string blas_description();
 bool blas_is_optimized();
 
-// "sortedllama 0.1.0 (libtorch 1.13.1, OpenBLAS ..., 2 threads, cpu)"
+// OpenBLAS kernel choice. Debian's OpenBLAS 0.3.21 does not recognise recent Intel Xeons and falls
+// back to its SSE3 "Prescott" kernels, several times slower than the AVX2/AVX-512 ones the CPU can
+// run. OpenBLAS reads OPENBLAS_CORETYPE once, when it loads, so a better kernel means restarting
+// the process with it set; the restarted process checks the kernel's results on this CPU before
+// using it (old OpenBLAS builds give wrong results with some forced kernels).
+struct CpuFeatures {
+  bool avx2 = false, fma = false, avx512f = false, avx512bw = false, avx512dq = false, avx512vl = false;
+  static CpuFeatures of_this_cpu();
+};
+// The OPENBLAS_CORETYPE to use instead of OpenBLAS's own choice `detected`, or "" to keep it.
+std::string better_blas_core(const std::string& detected, const CpuFeatures& cpu);
+// OpenBLAS's kernel name ("Haswell", "SkylakeX", ...); "" when the BLAS is not OpenBLAS.
+std::string blas_core_name();
+
+// Called first in main. Returns true when the environment was changed for a kernel choice (a
+// better kernel to try, or a rejected one to drop) and the process must restart for it to apply.
+// A user's OPENBLAS_CORETYPE is never touched.
+bool prepare_blas_kernel();
+// How sortedllama chose the kernel in use, for --version and the log; "" when it did not (OpenBLAS's
+// own choice, or the user's OPENBLAS_CORETYPE).
+std::string blas_kernel_note();
+// Whether libtorch's fp32 matrix and matrix-vector products agree with plain loops on this CPU.
+bool blas_products_correct();
+
+// "sortedllama 0.1.0 (libtorch 1.13.1, BLAS: OpenBLAS ..., 2 threads, OpenMP wait PASSIVE, cpu)"
 std::string version_string();
 
 }  // namespace sl
