@@ -91,7 +91,7 @@ void matvec(float* y, const float* W, const float* x, int64_t R, int64_t rows, i
 }
 
 namespace {
-// A buffer of at least n floats (rows leave the batch, so sizes only shrink during a generation).
+// A buffer of at least n floats, grown on demand and kept.
 float* sized(std::vector<float>& buf, int64_t n) {
   if ((int64_t)buf.size() < n) buf.resize(n);
   return buf.data();
@@ -121,78 +121,82 @@ void rope(float* x, const float* cos, const float* sin, int64_t hd) {
 }
 
 struct Dims {
-  int64_t R, D, H, KV, hd;
+  int64_t R, T, N, D, H, KV, hd;  // N = R * T positions, each one row of the projections
 };
 
 Dims dims_of(const DecoderLayerImpl& layer, const Tensor& x) {
   const auto& a = *layer.self_attn;
-  return {x.size(0), x.size(2), a.n_heads, a.n_kv_heads, a.head_dim};
+  return {x.size(0), x.size(1), x.size(0) * x.size(1), x.size(2), a.n_heads, a.n_kv_heads, a.head_dim};
 }
 
 // xb = input_layernorm(x); k, v (and q when asked) projected, rotary applied to q and k; k/v stored
-// at slot cache.len[i] of each row, which advances.
+// at slots cache.len[i] .. + T - 1 of each row, and cache.len[i] advances by T.
 void project_qkv(DecoderLayerImpl& layer, const float* x, const AttnInputs& in, KVCache& cache, int i, const Dims& d,
                  StepBuffers& buf, bool with_q) {
   auto& attn = *layer.self_attn;
   const int64_t kv_dim = d.KV * d.hd;
-  float* xb = sized(buf.xb, d.R * d.D);
+  float* xb = sized(buf.xb, d.N * d.D);
   const float* wn = layer.input_layernorm->weight.data_ptr<float>();
-  for (int64_t r = 0; r < d.R; ++r) rmsnorm(xb + r * d.D, x + r * d.D, wn, d.D, layer.input_layernorm->eps);
-  float* k = sized(buf.k, d.R * kv_dim);
-  float* v = sized(buf.v, d.R * kv_dim);
-  float* q = with_q ? sized(buf.q, d.R * d.H * d.hd) : nullptr;
-  project(k, xb, d.R, attn.k_proj->weight);
-  project(v, xb, d.R, attn.v_proj->weight);
-  if (with_q) project(q, xb, d.R, attn.q_proj->weight);
+  for (int64_t n = 0; n < d.N; ++n) rmsnorm(xb + n * d.D, x + n * d.D, wn, d.D, layer.input_layernorm->eps);
+  float* k = sized(buf.k, d.N * kv_dim);
+  float* v = sized(buf.v, d.N * kv_dim);
+  float* q = with_q ? sized(buf.q, d.N * d.H * d.hd) : nullptr;
+  project(k, xb, d.N, attn.k_proj->weight);
+  project(v, xb, d.N, attn.v_proj->weight);
+  if (with_q) project(q, xb, d.N, attn.q_proj->weight);
 
   const int64_t slot = cache.len[i], cap = cache.capacity;
-  TORCH_CHECK(slot + 1 <= cap, "KV cache full: ", slot + 1, " > ", cap, " positions");
-  const Tensor cos = in.cos.contiguous(), sin = in.sin.contiguous();  // [R,1,1,hd]
-  TORCH_CHECK(cos.size(0) == d.R && cos.size(2) == 1, "rotary tables are not [", d.R, ",1,1,hd]");
+  TORCH_CHECK(slot + d.T <= cap, "KV cache full: ", slot + d.T, " > ", cap, " positions");
+  const Tensor cos = in.cos.contiguous(), sin = in.sin.contiguous();  // [R,1,T,hd]
+  TORCH_CHECK(cos.size(0) == d.R && cos.size(2) == d.T, "rotary tables are not [", d.R, ",1,", d.T, ",hd]");
   float* kc = cache.k[i].data_ptr<float>();  // [R,KV,cap,hd]
   float* vc = cache.v[i].data_ptr<float>();
-  for (int64_t r = 0; r < d.R; ++r) {
-    const float* c = cos.data_ptr<float>() + r * d.hd;
-    const float* s = sin.data_ptr<float>() + r * d.hd;
+  for (int64_t n = 0; n < d.N; ++n) {
+    const int64_t r = n / d.T, t = n % d.T;
+    const float* c = cos.data_ptr<float>() + n * d.hd;
+    const float* s = sin.data_ptr<float>() + n * d.hd;
     if (with_q)
-      for (int64_t h = 0; h < d.H; ++h) rope(q + (r * d.H + h) * d.hd, c, s, d.hd);
+      for (int64_t h = 0; h < d.H; ++h) rope(q + (n * d.H + h) * d.hd, c, s, d.hd);
     for (int64_t j = 0; j < d.KV; ++j) {
-      float* kr = k + r * kv_dim + j * d.hd;
-      const float* vr = v + r * kv_dim + j * d.hd;
+      float* kr = k + n * kv_dim + j * d.hd;
+      const float* vr = v + n * kv_dim + j * d.hd;
       rope(kr, c, s, d.hd);
-      const int64_t at = ((r * d.KV + j) * cap + slot) * d.hd;
+      const int64_t at = ((r * d.KV + j) * cap + slot + t) * d.hd;
       std::copy(kr, kr + d.hd, kc + at);
       std::copy(vr, vr + d.hd, vc + at);
     }
   }
-  cache.len[i] = slot + 1;
+  cache.len[i] = slot + d.T;
 }
 
-// att [R,H*hd] = softmax(q k^T / sqrt(hd)) v over the S cached keys each row may see.
+// att [N,H*hd] = softmax(q k^T / sqrt(hd)) v over the S cached keys each position may see.
 void attend(const AttnInputs& in, const KVCache& cache, int i, const Dims& d, StepBuffers& buf) {
   const int64_t S = cache.len[i], cap = cache.capacity, rep = d.H / d.KV;
   TORCH_CHECK(!in.mask.defined() || in.mask.size(3) == S, "attention mask has ", in.mask.size(3), " keys, cache ", S);
-  float* att = sized(buf.att, d.R * d.H * d.hd);
-  float* scores = sized(buf.scores, d.R * d.H * S);
+  TORCH_CHECK(in.mask.defined() || d.T == 1, "several new positions need a causal mask");
+  float* att = sized(buf.att, d.N * d.H * d.hd);
+  float* scores = sized(buf.scores, d.N * d.H * S);
   const float* q = buf.q.data();
   const float* kc = cache.k[i].data_ptr<float>();
   const float* vc = cache.v[i].data_ptr<float>();
-  // mask [R,1,1,S] (often an expanded view: read through its strides); undefined = every key visible.
+  // mask [R,1,T,S] (often an expanded view: read through its strides); undefined = every key visible.
   const bool* mask = in.mask.defined() ? in.mask.data_ptr<bool>() : nullptr;
-  const int64_t mask_row = mask ? in.mask.stride(0) : 0, mask_key = mask ? in.mask.stride(3) : 0;
+  const int64_t mask_row = mask ? in.mask.stride(0) : 0, mask_pos = mask ? in.mask.stride(2) : 0;
+  const int64_t mask_key = mask ? in.mask.stride(3) : 0;
   const float scale = std::sqrt((float)d.hd);
-  // One (row, head) pair per task; small caches stay on one thread.
+  // One (position, head) pair per task; small caches stay on one thread.
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, S * d.hd));
-  at::parallel_for(0, d.R * d.H, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t r = t / d.H, h = t % d.H, j = h / rep;
-      const float* qh = q + t * d.hd;
+  at::parallel_for(0, d.N * d.H, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / d.H, h = task % d.H, r = n / d.T, t = n % d.T, j = h / rep;
+      const float* qh = q + task * d.hd;
       const float* kb = kc + (r * d.KV + j) * cap * d.hd;
       const float* vb = vc + (r * d.KV + j) * cap * d.hd;
-      float* sc = scores + t * S;
+      const bool* visible = mask ? mask + r * mask_row + t * mask_pos : nullptr;
+      float* sc = scores + task * S;
       float mx = -std::numeric_limits<float>::infinity();
       for (int64_t s = 0; s < S; ++s) {
-        if (mask && !mask[r * mask_row + s * mask_key]) {
+        if (visible && !visible[s * mask_key]) {
           sc[s] = -std::numeric_limits<float>::infinity();
           continue;
         }
@@ -203,7 +207,7 @@ void attend(const AttnInputs& in, const KVCache& cache, int i, const Dims& d, St
       }
       float sum = 0;
       for (int64_t s = 0; s < S; ++s) sum += (sc[s] = std::exp(sc[s] - mx));
-      float* o = att + t * d.hd;
+      float* o = att + task * d.hd;
       std::fill(o, o + d.hd, 0.0f);
       for (int64_t s = 0; s < S; ++s) {
         if (sc[s] == 0) continue;
@@ -216,17 +220,17 @@ void attend(const AttnInputs& in, const KVCache& cache, int i, const Dims& d, St
 }  // namespace
 
 bool fast_step_applies(const Tensor& x, const KVCache* cache) {
-  return cache && x.dim() == 3 && x.size(1) == 1 && x.device().is_cpu() && x.scalar_type() == torch::kFloat32 &&
-         !torch::GradMode::is_enabled() && !cache->k.empty() && cache->k[0].scalar_type() == torch::kFloat32 &&
-         cache->k[0].is_contiguous() && cache->v[0].is_contiguous();
+  return cache && x.dim() == 3 && (x.size(1) == 1 || x.size(0) * x.size(1) <= kMatvecRows) && x.device().is_cpu() &&
+         x.scalar_type() == torch::kFloat32 && !torch::GradMode::is_enabled() && !cache->k.empty() &&
+         cache->k[0].scalar_type() == torch::kFloat32 && cache->k[0].is_contiguous() && cache->v[0].is_contiguous();
 }
 
 Tensor fast_layer_step(DecoderLayerImpl& layer, const Tensor& x_in, const AttnInputs& in, KVCache& cache, int i,
                        StepBuffers& buf) {
   const Tensor x = x_in.contiguous();
   const Dims d = dims_of(layer, x);
-  const int64_t n = d.R * d.D, I = layer.mlp->gate_proj->weight.size(0);
-  Tensor out = torch::empty({d.R, 1, d.D}, torch::kFloat32);  // [R,1,D]
+  const int64_t n = d.N * d.D, I = layer.mlp->gate_proj->weight.size(0);
+  Tensor out = torch::empty({d.R, d.T, d.D}, torch::kFloat32);  // [R,T,D]
   float* h = out.data_ptr<float>();
   const float* xp = x.data_ptr<float>();
 
@@ -234,19 +238,19 @@ Tensor fast_layer_step(DecoderLayerImpl& layer, const Tensor& x_in, const AttnIn
   project_qkv(layer, xp, in, cache, i, d, buf, /*with_q=*/true);
   attend(in, cache, i, d, buf);
   float* proj = sized(buf.proj, n);
-  project(proj, buf.att.data(), d.R, layer.self_attn->o_proj->weight);
+  project(proj, buf.att.data(), d.N, layer.self_attn->o_proj->weight);
   for (int64_t e = 0; e < n; ++e) h[e] = xp[e] + proj[e];
 
   // out = h + down_proj(silu(gate_proj(m)) * up_proj(m)), m = post_attention_layernorm(h)
   float* xb = sized(buf.xb, n);
   const float* wn = layer.post_attention_layernorm->weight.data_ptr<float>();
-  for (int64_t r = 0; r < d.R; ++r) rmsnorm(xb + r * d.D, h + r * d.D, wn, d.D, layer.post_attention_layernorm->eps);
-  float* g = sized(buf.gate, d.R * I);
-  float* u = sized(buf.up, d.R * I);
-  project(g, xb, d.R, layer.mlp->gate_proj->weight);
-  project(u, xb, d.R, layer.mlp->up_proj->weight);
-  for (int64_t e = 0; e < d.R * I; ++e) g[e] = g[e] / (1.0f + std::exp(-g[e])) * u[e];
-  project(proj, g, d.R, layer.mlp->down_proj->weight);
+  for (int64_t r = 0; r < d.N; ++r) rmsnorm(xb + r * d.D, h + r * d.D, wn, d.D, layer.post_attention_layernorm->eps);
+  float* g = sized(buf.gate, d.N * I);
+  float* u = sized(buf.up, d.N * I);
+  project(g, xb, d.N, layer.mlp->gate_proj->weight);
+  project(u, xb, d.N, layer.mlp->up_proj->weight);
+  for (int64_t e = 0; e < d.N * I; ++e) g[e] = g[e] / (1.0f + std::exp(-g[e])) * u[e];
+  project(proj, g, d.N, layer.mlp->down_proj->weight);
   for (int64_t e = 0; e < n; ++e) h[e] += proj[e];
   return out;
 }

@@ -56,7 +56,7 @@ TEST(FastStep, EqualsTheGeneralLayerForOnePosition) {
   torch::NoGradGuard g;
   const auto& cfg = m->config();
   sl::StepBuffers buf;
-  // One row (matrix-vector products) with and without a key mask, several rows (GEMM).
+  // One row with and without a key mask, several rows.
   for (auto [R, use_mask] : {std::pair<int64_t, bool>{1, false}, {1, true}, {3, true}}) {
     Batch b = filled_batch(m, R);
     sl::KVCache general = copy_of(b.cache), fast = copy_of(b.cache);
@@ -72,6 +72,39 @@ TEST(FastStep, EqualsTheGeneralLayerForOnePosition) {
       EXPECT_EQ(fast.len[i], general.len[i]) << where;
       EXPECT_LT(sl_test::max_abs_diff(fast.k[i], general.k[i]), 1e-6) << where;
       EXPECT_LT(sl_test::max_abs_diff(fast.v[i], general.v[i]), 1e-6) << where;
+      x = want;
+    }
+  }
+}
+
+TEST(FastStep, EqualsTheGeneralLayerForSeveralPositions) {
+  // A speculative round's verification: T new positions per row attend causally to each other.
+  sl::Llama m = sl::load_model(sl_test::source_dir() + "/tests/data/ref_gqa");
+  torch::NoGradGuard g;
+  const auto& cfg = m->config();
+  sl::StepBuffers buf;
+  const int64_t T = 3;
+  for (int64_t R : {1, 3}) {
+    Batch b = filled_batch(m, R);
+    Tensor key_mask = torch::cat({b.key_mask.narrow(1, 0, 6), torch::ones({R, T}, torch::kInt64)}, 1);  // [R,9]
+    sl::KVCache general = copy_of(b.cache), fast = copy_of(b.cache), general_kv = copy_of(b.cache),
+                fast_kv = copy_of(b.cache);
+    sl::AttnInputs in = m->attn_inputs(key_mask, R, 6, T);
+    Tensor x = torch::randn({R, T, cfg.dim});
+    ASSERT_TRUE(sl::fast_step_applies(x, &fast));
+    for (int i = 0; i < (int)cfg.n_layers; ++i) {
+      auto& layer = m->body->layers->at<sl::DecoderLayerImpl>(i);
+      layer.append_kv(x, in, general_kv, i);
+      sl::fast_layer_kv_step(layer, x, in, fast_kv, i, buf);
+      Tensor want = layer.forward(x, in, &general, i);
+      Tensor got = sl::fast_layer_step(layer, x, in, fast, i, buf);
+      const std::string where = "R " + std::to_string(R) + " layer " + std::to_string(i);
+      EXPECT_LT(sl_test::max_abs_diff(got, want), 1e-5) << where;
+      EXPECT_EQ(fast.len[i], 6 + T) << where;
+      EXPECT_EQ(fast_kv.len[i], 6 + T) << where;
+      EXPECT_LT(sl_test::max_abs_diff(fast.k[i], general.k[i]), 1e-6) << where;
+      EXPECT_LT(sl_test::max_abs_diff(fast.v[i], general.v[i]), 1e-6) << where;
+      EXPECT_LT(sl_test::max_abs_diff(fast_kv.k[i], general_kv.k[i]), 1e-6) << where;
       x = want;
     }
   }
@@ -93,15 +126,18 @@ TEST(FastStep, KvOnlyStepEqualsTheGeneralAppend) {
   EXPECT_LT(sl_test::max_abs_diff(fast.v[2], general.v[2]), 1e-6);
 }
 
-TEST(FastStep, AppliesOnlyToOneFp32PositionWithoutAutograd) {
+TEST(FastStep, AppliesOnlyToFewFp32PositionsWithoutAutograd) {
   sl::Llama m = sl::load_model(sl_test::source_dir() + "/tests/data/ref_gqa");
   sl::KVCache cache(m->config(), 2, 8, torch::kFloat32);
   Tensor one = torch::zeros({2, 1, 32}), two = torch::zeros({2, 2, 32});
+  Tensor prompt = torch::zeros({2, sl::kMatvecRows / 2 + 1, 32}), wide = torch::zeros({2 * sl::kMatvecRows, 1, 32});
   EXPECT_FALSE(sl::fast_step_applies(one, &cache)) << "autograd is on: training takes the general path";
   torch::NoGradGuard g;
   EXPECT_TRUE(sl::fast_step_applies(one, &cache));
   EXPECT_FALSE(sl::fast_step_applies(one, nullptr));
-  EXPECT_FALSE(sl::fast_step_applies(two, &cache));
+  EXPECT_TRUE(sl::fast_step_applies(two, &cache)) << "a speculative round's few positions";
+  EXPECT_TRUE(sl::fast_step_applies(wide, &cache)) << "one position per row, however many rows";
+  EXPECT_FALSE(sl::fast_step_applies(prompt, &cache)) << "a prompt of more positions than matvec serves";
   EXPECT_FALSE(sl::fast_step_applies(one.to(torch::kBFloat16), &cache));
   sl::KVCache bf16(m->config(), 2, 8, torch::kBFloat16);
   EXPECT_FALSE(sl::fast_step_applies(one, &bf16));
