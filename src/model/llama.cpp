@@ -173,10 +173,13 @@ Tensor LlamaImpl::embed(const Tensor& tokens) { return body->embed_tokens(tokens
 AttnInputs LlamaImpl::attn_inputs(const Tensor& key_mask, int64_t B, int64_t q_start, int64_t T) const {
   auto dev = device();
   const int64_t S = q_start + T;
+  if (key_mask.defined())
+    TORCH_CHECK(key_mask.size(0) == B && key_mask.size(1) == S, "key_mask must be [", B, ",", S, "]");
+  if (dev.is_cpu() && dtype() == torch::kFloat32 && (T == 1 || B * T <= kMatvecRows))
+    return fast_attn_inputs(key_mask, B, q_start, T, inv_freq_);
   Tensor slots = torch::arange(q_start, S, torch::dtype(torch::kInt64).device(dev));  // [T]
   Tensor pos;                                                                           // [B,T]
   if (key_mask.defined()) {
-    TORCH_CHECK(key_mask.size(0) == B && key_mask.size(1) == S, "key_mask must be [", B, ",", S, "]");
     pos = (key_mask.to(torch::kInt64).cumsum(1) - 1).clamp_min(0).narrow(1, q_start, T);
   } else {
     pos = slots.unsqueeze(0).expand({B, T});

@@ -110,6 +110,31 @@ TEST(FastStep, EqualsTheGeneralLayerForSeveralPositions) {
   }
 }
 
+TEST(FastStep, AttentionInputsEqualTheTensorOnes) {
+  // Two rows of 40 positions take the tensor-op path; a few positions at a time the loops.
+  // Row 1 is left-padded by 3 and has a hole at 20, so its positions lag its slots.
+  sl::Llama m = sl::load_model(sl_test::source_dir() + "/tests/data/ref_gqa");
+  torch::NoGradGuard g;
+  const int64_t B = 2, S = 40;
+  Tensor key_mask = torch::ones({B, S}, torch::kInt64);
+  key_mask[1].narrow(0, 0, 3).fill_(0);
+  key_mask[1][20] = 0;
+  for (bool use_mask : {false, true}) {
+    const Tensor km = use_mask ? key_mask : Tensor();
+    const sl::AttnInputs all = m->attn_inputs(km, B, 0, S);
+    for (auto [q, T] : {std::pair<int64_t, int64_t>{0, 1}, {5, 1}, {21, 3}, {36, 4}}) {
+      const sl::AttnInputs few = m->attn_inputs(use_mask ? key_mask.narrow(1, 0, q + T) : Tensor(), B, q, T);
+      const std::string where = "mask " + std::to_string(use_mask) + " q " + std::to_string(q) + " T " + std::to_string(T);
+      EXPECT_LT(sl_test::max_abs_diff(few.cos, all.cos.narrow(2, q, T)), 1e-6) << where;
+      EXPECT_LT(sl_test::max_abs_diff(few.sin, all.sin.narrow(2, q, T)), 1e-6) << where;
+      ASSERT_EQ(few.mask.defined(), use_mask || T > 1) << where;
+      if (few.mask.defined()) {
+        EXPECT_TRUE(few.mask.equal(all.mask.narrow(2, q, T).narrow(3, 0, q + T))) << where;
+      }
+    }
+  }
+}
+
 TEST(FastStep, KvOnlyStepEqualsTheGeneralAppend) {
   sl::Llama m = sl::load_model(sl_test::source_dir() + "/tests/data/ref_gqa");
   torch::NoGradGuard g;

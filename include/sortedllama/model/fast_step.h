@@ -33,6 +33,11 @@ void matvec(float* y, const float* W, const float* x, int64_t R, int64_t rows, i
 // Up to this many rows matvec beats a GEMM (which is compute-bound beyond it).
 constexpr int64_t kMatvecRows = 32;
 
+// LlamaImpl::attn_inputs for a few positions on the CPU (T = 1 or B * T <= kMatvecRows), in plain
+// loops instead of a few dozen tensor ops per decoding step; inv_freq [hd/2] fp32.
+AttnInputs fast_attn_inputs(const torch::Tensor& key_mask, int64_t B, int64_t q_start, int64_t T,
+                            const torch::Tensor& inv_freq);
+
 // fp32 CPU input [R,T,D] with T = 1 or R * T <= kMatvecRows (beyond, a GEMM is faster), a fp32
 // contiguous cache and autograd off.
 bool fast_step_applies(const torch::Tensor& x, const KVCache* cache);
