@@ -219,6 +219,20 @@ void attend(const AttnInputs& in, const KVCache& cache, int i, const Dims& d, St
 }
 }  // namespace
 
+bool fast_rmsnorm_applies(const Tensor& x, const Tensor& weight) {
+  return x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && weight.scalar_type() == torch::kFloat32 &&
+         !torch::GradMode::is_enabled() && x.numel() <= kMatvecRows * weight.numel();
+}
+
+Tensor fast_rmsnorm(const Tensor& x_in, const Tensor& weight, double eps) {
+  const Tensor x = x_in.contiguous(), w = weight.contiguous();
+  const int64_t D = w.numel(), rows = x.numel() / D;
+  Tensor out = torch::empty_like(x);
+  for (int64_t r = 0; r < rows; ++r)
+    rmsnorm(out.data_ptr<float>() + r * D, x.data_ptr<float>() + r * D, w.data_ptr<float>(), D, eps);
+  return out;
+}
+
 AttnInputs fast_attn_inputs(const Tensor& key_mask, int64_t B, int64_t q_start, int64_t T, const Tensor& inv_freq) {
   const int64_t S = q_start + T, half = inv_freq.numel(), hd = 2 * half;
   const Tensor km = key_mask.defined() ? key_mask.to(torch::kInt64).contiguous() : Tensor();  // [B,S]

@@ -28,6 +28,7 @@ Tensor linear_map(const Tensor& x, const Tensor& w) {
 }
 
 Tensor RMSNormImpl::forward(const Tensor& x) {
+  if (fast_rmsnorm_applies(x, weight)) return fast_rmsnorm(x, weight, eps);
   Tensor h = x.to(torch::kFloat32);
   h = h * torch::rsqrt(h.pow(2).mean(-1, /*keepdim=*/true) + eps);
   return weight * h.to(x.scalar_type());
