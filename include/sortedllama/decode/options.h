@@ -33,6 +33,11 @@ struct SpeculativeParams {
   int draft_layer = 0;        // K, the drafting sub-model; 0 = the first "auto" exit
   int draft_tokens = 0;       // N per round; 0 = adaptive
   int max_draft_tokens = 16;  // upper bound of the adaptive length
+  // > 0: confidence-stopped drafting instead of the adaptive length. A round drafts up to
+  // draft_tokens (0: max_draft_tokens) tokens and stops after the token at which no row's draft is
+  // still sure: a row stays sure while each of its drafts had a top probability (softmax of the
+  // draft logits) of at least this.
+  double draft_confidence = 0;
 };
 
 struct DynamicParams {
