@@ -54,6 +54,13 @@ Confidence parse_confidence(const std::string& name) {
 
 const char* confidence_name(Confidence c) { return c == Confidence::kMargin ? "margin" : "max_prob"; }
 
+DynamicParams dynamic_params(const DynamicProfile& profile) {
+  DynamicParams p;
+  for (const auto& [layer, threshold] : profile.thresholds) p.thresholds.push_back({layer, threshold});
+  p.confidence = parse_confidence(profile.confidence);
+  return p;
+}
+
 std::string format_thresholds(const std::vector<ExitThreshold>& t) {
   std::ostringstream s;
   for (size_t i = 0; i < t.size(); ++i) s << (i ? "," : "") << t[i].layer << ":" << t[i].threshold;

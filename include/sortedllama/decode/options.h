@@ -8,6 +8,7 @@
 #include "sortedllama/decode/batch.h"
 #include "sortedllama/decode/sampling.h"
 #include "sortedllama/decode/stats.h"
+#include "sortedllama/model/config.h"
 
 namespace sl {
 
@@ -46,6 +47,9 @@ struct DynamicParams {
   // Called for every token chosen (EOS included): its sequence, exit layer and confidence there.
   std::function<void(size_t row, int exit, double confidence)> on_exit;
 };
+
+// A checkpoint's calibrated profile (config.json "decoding.dynamic") as dynamic-exit settings.
+DynamicParams dynamic_params(const DynamicProfile& profile);
 
 struct DecodeOptions : StopRule {
   Strategy strategy = Strategy::kPlain;
