@@ -196,7 +196,7 @@ void add_calibrate_command(CLI::App& app, const GlobalOptions& g) {
       ->check(CLI::PositiveNumber);
   cmd->add_option("--holdout", a->holdout, "fraction of the prompts held out for the reported check, in [0, 1)");
   cmd->add_option("--path-fraction", a->path_fraction, "of the other prompts, the share that orders the candidates (the rest tests them)");
-  cmd->add_option("--steps", a->steps, "candidates on the path")->check(CLI::PositiveNumber);
+  cmd->add_option("--steps", a->steps, "disagreement rates on the path (plus half as many conservative steps)")->check(CLI::PositiveNumber);
   cmd->add_option("--exits", a->exits, "exits that may accept early: auto | all | 2,4 (the last layer always accepts)");
   cmd->add_option("--measure", a->measure, "confidence measure: max_prob (top-1) or margin (top-1 minus top-2)")
       ->check(CLI::IsMember({"max_prob", "margin"}));

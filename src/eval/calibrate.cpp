@@ -163,18 +163,34 @@ std::vector<Candidate> candidate_path(const std::vector<ExitSamples>& samples, c
     std::stable_sort(order[e].begin(), order[e].end(),
                      [&](size_t a, size_t b) { return samples[e].confidence[a] > samples[e].confidence[b]; });
   }
-  // r_0 = 0, then geometric from (1 - agreement) / 1000 to 1 - agreement: real decoding compounds
+  // Rates: 0, then geometric from (1 - agreement) / 1000 to 1 - agreement: real decoding compounds
   // a token's disagreement over the positions after it, so useful rates sit below the target.
   const double alpha = 1 - o.agreement;
-  std::vector<Candidate> path;
+  std::vector<Candidate> by_rate;
   for (int j = 0; j < o.path_steps; ++j) {
     Candidate c;
     c.rate = j == 0 ? 0.0 : alpha * std::pow(1e-3, 1.0 - (double)j / std::max(1, o.path_steps - 1));
     for (size_t e = 0; e < exits.size(); ++e) c.thresholds.push_back({exits[e], threshold_for(samples[e], order[e], c.rate)});
-    const bool same = !path.empty() && std::equal(c.thresholds.begin(), c.thresholds.end(), path.back().thresholds.begin(),
-                                                  [](const ExitThreshold& a, const ExitThreshold& b) { return a.threshold == b.threshold; });
-    if (!same) path.push_back(std::move(c));
+    by_rate.push_back(std::move(c));
   }
+  // Even rate 0 on teacher-forced states can disagree in real decoding (its states are copied, not
+  // computed), so the path starts more conservatively: rate 0's thresholds moved towards 1, their
+  // distance to 1 scaled by 1e-3 .. 1 (geometric, path_steps / 2 steps; "never" stays never).
+  std::vector<Candidate> path;
+  const int prefix = o.path_steps / 2;
+  for (int i = 0; i < prefix; ++i) {
+    Candidate c = by_rate.front();
+    const double scale = std::pow(1e-3, 1.0 - (double)i / prefix);
+    for (ExitThreshold& t : c.thresholds)
+      if (t.threshold <= 1) t.threshold = 1 - (1 - t.threshold) * scale;
+    path.push_back(std::move(c));
+  }
+  auto same = [](const Candidate& a, const Candidate& b) {
+    return std::equal(a.thresholds.begin(), a.thresholds.end(), b.thresholds.begin(),
+                      [](const ExitThreshold& x, const ExitThreshold& y) { return x.threshold == y.threshold; });
+  };
+  for (Candidate& c : by_rate)
+    if (path.empty() || !same(c, path.back())) path.push_back(std::move(c));
   return path;
 }
 }  // namespace

@@ -4,10 +4,11 @@
 //
 // The prompts are split at random (seeded) three ways:
 //   path:    teacher-forced confidences of every exit on the full model's greedy continuations
-//            order the candidates. Candidate j lets each exit accept the tokens whose confidence
-//            is at least the lowest value above which at most a fraction r_j of this split's
-//            tokens disagreed with the full model there; r_0 = 0 < r_1 < ... (most conservative
-//            first, thresholds falling along the path).
+//            order the candidates. A rate-r candidate lets each exit accept the tokens whose
+//            confidence is at least the lowest value above which at most a fraction r of this
+//            split's tokens disagreed with the full model there; r = 0 < r_1 < ... After a
+//            conservative prefix (rate 0's thresholds moved towards 1), the path follows the
+//            rates: most conservative first, no threshold rising along it.
 //   test:    fixed-sequence testing (eval/risk_control.h): candidate j runs real dynamic decoding
 //            over the split; its p-value for H0 "expected disagreement > 1 - agreement" rejects or
 //            stops the walk; the last rejected candidate is chosen.
@@ -37,7 +38,7 @@ struct CalibrateOptions {
   double confidence = 0.95;    // probability of meeting it (1 - delta)
   double holdout = 0.2;        // fraction of the prompts held out for the reported check
   double path_fraction = 0.5;  // of the other prompts, the share that orders the candidates (the rest tests)
-  int path_steps = 24;         // candidates on the path before duplicates are dropped
+  int path_steps = 24;         // rates on the path (plus half as many conservative steps), before duplicates are dropped
   std::vector<int> exits;      // exits that may accept early (below the last layer); empty = "auto"
   Confidence measure = Confidence::kMaxProb;
   PValue p_value = PValue::kHoeffdingBentkus;
@@ -61,7 +62,7 @@ struct AgreementCheck {
 };
 
 struct Candidate {
-  double rate = 0;                        // r_j, the path parameter
+  double rate = 0;                        // the path parameter r (0 in the conservative prefix)
   std::vector<ExitThreshold> thresholds;  // above 1 = never exits there
   bool tested = false;
   double p_value = 1;
