@@ -79,7 +79,7 @@ std::string table(const Calibration& r, const CalibrateArgs& a, int n_layers) {
   }
   if (r.chosen < 0) s += "no candidate passed: never exit early (the full model's output, which meets any target)\n";
   s += fmt::format("\n{:>5}  {:>9}\n", "exit", "threshold");
-  for (const auto& t : r.thresholds) s += fmt::format("{:>5}  {:>9}\n", t.layer, t.threshold > 1 ? "never" : fmt::format("{:.4f}", t.threshold));
+  for (const auto& t : r.thresholds) s += fmt::format("{:>5}  {:>9}\n", t.layer, t.threshold > 1 ? "never" : fmt::format("{:.6g}", t.threshold));
   s += fmt::format("\n{:<11}  {:>7}  {:>9}  {:>15}  {:>9}  {:>15}  {:>14}  {:>17}\n", "split", "prompts", "agreement",
                    "token agreement", "identical", "mean exit layer", "est. speed-up", "measured speed-up");
   auto row = [&](const char* name, const AgreementCheck& c) {
