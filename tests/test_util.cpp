@@ -9,6 +9,7 @@
 
 #include <ATen/record_function.h>
 
+#include "sortedllama/io/checkpoint.h"
 #include "sortedllama/io/convert.h"
 
 namespace fs = std::filesystem;
@@ -46,6 +47,17 @@ std::string stories_model_dir() {
     return d;
   }();
   return dir;
+}
+
+sl::Llama damped_stories_model(const std::string& dir) {
+  sl::Llama m = sl::load_model(dir);
+  torch::NoGradGuard g;
+  for (auto& p : m->named_parameters())
+    for (int i = 2; i < 5; ++i)
+      if (p.key().rfind("model.layers." + std::to_string(i) + ".", 0) == 0 &&
+          (p.key().find("o_proj") != std::string::npos || p.key().find("down_proj") != std::string::npos))
+        p.value().mul_(0.2);
+  return m;
 }
 
 std::string read_file(const std::string& path) {

@@ -2,10 +2,12 @@
 #pragma once
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "sortedllama/decode/options.h"
 #include "sortedllama/model/llama.h"
 #include "sortedllama/io/tokenizer.h"
 
@@ -32,6 +34,16 @@ LoadedModel load_model_and_tokenizer(const std::string& dir, const std::string& 
 // A decimal 64-bit unsigned value of `option`; throws naming it when malformed or out of range.
 uint64_t parse_u64(const std::string& text, const std::string& option);
 
+// Prompts of `option`'s file: `.jsonl` holds {"prompt": ...} objects, any other file one prompt
+// per non-empty line; errors name the option, the file and (JSONL) the line.
+std::vector<std::string> read_prompts(const std::string& path, const std::string& option);
+
+// Dynamic early exit's thresholds and confidence measure: explicit options win (`thresholds`
+// non-empty, `confidence_given`), else the calibrated profile in the model's config.json (when
+// its measure is the one asked for), else the paper's defaults; logs which was used.
+DynamicParams choose_dynamic(const std::string& thresholds, const std::string& confidence, bool confidence_given,
+                             const LoadedModel& m, const std::string& model_dir);
+
 // The KV cache of `batch` sequences of prompt_len + max_new_tokens positions must fit in this
 // machine's memory (CPU models); throws naming --max-new-tokens and --batch-size otherwise.
 void check_kv_cache_fits(const Llama& model, int64_t batch, int64_t prompt_len, int64_t max_new_tokens);
@@ -41,6 +53,7 @@ void check_kv_cache_fits(const Llama& model, int64_t batch, int64_t prompt_len, 
 nlohmann::ordered_json recorded_options(const CLI::App& cmd);
 
 void add_generate_command(CLI::App& app, const GlobalOptions& g);
+void add_calibrate_command(CLI::App& app, const GlobalOptions& g);
 void add_eval_command(CLI::App& app, const GlobalOptions& g);
 void add_convert_command(CLI::App& app, const GlobalOptions& g);
 void add_data_command(CLI::App& app, const GlobalOptions& g);

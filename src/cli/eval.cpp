@@ -29,7 +29,9 @@ struct EvalArgs {
   int64_t batch_size = 8, limit = 0, max_new_tokens = 0;
   // --decode speculative | dynamic
   int draft_layer = 0, draft_tokens = 0;
+  double draft_confidence = 0;
   std::string thresholds, confidence = "max_prob";
+  bool confidence_given = false;
   // triviaqa
   int64_t num_fewshot = 0;
   bool add_bos = false;
@@ -137,8 +139,12 @@ TaskResult run_task(const EvalArgs& a, const GlobalOptions& g) {
     o.vocab_limit = m.tokenizer->vocab_size();
     o.draft_layer = a.draft_layer;
     o.draft_tokens = a.draft_tokens;
-    if (!a.thresholds.empty()) o.thresholds = parse_thresholds(a.thresholds, (int)cfg.n_layers);
-    o.confidence = parse_confidence(a.confidence);
+    o.draft_confidence = a.draft_confidence;
+    if (o.decode == DecodeMode::kDynamic) {
+      const DynamicParams d = choose_dynamic(a.thresholds, a.confidence, a.confidence_given, m, a.model);
+      o.thresholds = d.thresholds;
+      o.confidence = d.confidence;
+    }
     decode_rows(o, exits, (int)cfg.n_layers);  // a bad mode or option fails before any work
     return o;
   };
@@ -269,7 +275,11 @@ void add_eval_command(CLI::App& app, const GlobalOptions& g) {
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--draft-tokens", a->draft_tokens, "speculative: drafts per round (0 = adaptive)")
       ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--thresholds", a->thresholds, "dynamic: exit:threshold,... (default: the paper's, mapped)");
+  cmd->add_option("--draft-confidence", a->draft_confidence,
+                  "speculative: stop drafting once the draft's top probability falls below P (0 = the adaptive length)")
+      ->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--thresholds", a->thresholds,
+                  "dynamic: exit:threshold,... (default: the model's calibrated profile, else the paper's, mapped)");
   cmd->add_option("--confidence", a->confidence, "dynamic: max_prob | margin");
   cmd->add_option("--batch-size", a->batch_size, "sequences per forward pass")->check(CLI::PositiveNumber);
   cmd->add_option("--limit", a->limit, "use only the first N records")->check(CLI::NonNegativeNumber);
@@ -301,7 +311,10 @@ void add_eval_command(CLI::App& app, const GlobalOptions& g) {
   cmd->add_option("--overlay", a->overlay, "plot: other runs' results.json drawn in the same charts")
       ->check(CLI::ExistingFile);
   cmd->add_option("--label", a->label, "plot: this run's legend name");
-  cmd->callback([a, cmd, &g] { run_eval(*a, g, recorded_options(*cmd)); });
+  cmd->callback([a, cmd, &g] {
+    a->confidence_given = cmd->count("--confidence") > 0;
+    run_eval(*a, g, recorded_options(*cmd));
+  });
 }
 
 }  // namespace sl

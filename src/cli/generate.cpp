@@ -1,12 +1,10 @@
 // sortedllama generate: text from one sub-model (plain decoding), or from the full model with the
 // shallow sub-models' help: self-speculative decoding (--speculative) or early exit (--dynamic).
-#include <fstream>
 #include <iostream>
 
 #include <spdlog/spdlog.h>
 
 #include "cli.h"
-#include "sortedllama/data/records.h"
 #include "sortedllama/decode/generate.h"
 
 namespace sl {
@@ -14,7 +12,8 @@ namespace sl {
 namespace {
 struct GenerateArgs {
   std::string model, tokenizer, prompt, prompt_file;
-  bool prompt_given = false, exit_layer_given = false, draft_layer_given = false, thresholds_given = false;
+  bool prompt_given = false, exit_layer_given = false, draft_layer_given = false, thresholds_given = false,
+       confidence_given = false;
   int exit_layer = 0;
   int64_t max_new_tokens = 256, batch_size = 8, top_k = 0;
   double temperature = 0.0, top_p = 1.0;
@@ -22,6 +21,7 @@ struct GenerateArgs {
   bool json = false;
   bool speculative = false, dynamic = false, compare_baseline = false;
   int draft_layer = 0, draft_tokens = 0;
+  double draft_confidence = 0;
   std::string thresholds, confidence = "max_prob";
 };
 
@@ -38,9 +38,11 @@ std::string summary(const DecodeOptions& o, const DecodeStats& st) {
   const std::string speed = fmt::format("{:.1f} tokens/s, {:.2f} ms/token", st.tokens_per_s(), st.ms_per_token());
   switch (o.strategy) {
     case Strategy::kSpeculative:
-      return fmt::format("speculative (draft layer {}, verifier {}): drafted {}, accepted {} ({:.1f}%), {} rounds, "
+      return fmt::format("speculative (draft layer {}, verifier {}{}): drafted {}, accepted {} ({:.1f}%), {} rounds, "
                          "{:.2f} accepted/round, draft {:.1f} ms, verify {:.1f} ms, {}",
-                         o.speculative.draft_layer, o.exit_layer, st.drafted, st.accepted, 100 * st.acceptance_rate(),
+                         o.speculative.draft_layer, o.exit_layer,
+                         o.speculative.draft_confidence > 0 ? fmt::format(", draft confidence {}", o.speculative.draft_confidence) : "",
+                         st.drafted, st.accepted, 100 * st.acceptance_rate(),
                          st.rounds, st.mean_accepted_per_round(), st.draft_ms, st.verify_ms, speed);
     case Strategy::kDynamic: {
       std::string hist;
@@ -57,7 +59,10 @@ std::string summary(const DecodeOptions& o, const DecodeStats& st) {
 void add_settings(nlohmann::json& j, const DecodeOptions& o) {
   if (o.strategy == Strategy::kSpeculative) {
     j["draft_layer"] = o.speculative.draft_layer;
-    j["draft_tokens"] = o.speculative.draft_tokens ? nlohmann::json(o.speculative.draft_tokens) : nlohmann::json("adaptive");
+    j["draft_tokens"] = o.speculative.draft_tokens               ? nlohmann::json(o.speculative.draft_tokens)
+                        : o.speculative.draft_confidence > 0 ? nlohmann::json("confidence")
+                                                             : nlohmann::json("adaptive");
+    if (o.speculative.draft_confidence > 0) j["draft_confidence"] = o.speculative.draft_confidence;
   }
   if (o.strategy == Strategy::kDynamic) {
     j["thresholds"] = format_thresholds(o.dynamic.thresholds);
@@ -79,22 +84,6 @@ BatchRun run_batch(Llama& model, const std::vector<std::vector<int>>& ids, const
   return run;
 }
 
-// --prompt-file: `.jsonl` files hold {"prompt": ...} objects; any other file one prompt per line.
-std::vector<std::string> read_prompts(const std::string& path) {
-  std::vector<std::string> prompts;
-  if (path.size() >= 6 && path.substr(path.size() - 6) == ".jsonl") {
-    for (const auto& r : read_records(path)) prompts.push_back(string_field(r, "prompt"));
-    if (prompts.empty()) throw std::runtime_error("--prompt-file " + path + ": no prompts in it");
-    return prompts;
-  }
-  std::ifstream f(path);
-  if (!f) throw std::runtime_error("cannot open " + path);
-  for (std::string line; std::getline(f, line);)
-    if (!line.empty()) prompts.push_back(line);
-  if (prompts.empty()) throw std::runtime_error("--prompt-file " + path + ": no prompts in it");
-  return prompts;
-}
-
 // The decoding options the arguments ask for, checked against the model.
 DecodeOptions plan_options(const GenerateArgs& a, const LoadedModel& m) {
   const auto& cfg = m.model->config();
@@ -113,8 +102,8 @@ DecodeOptions plan_options(const GenerateArgs& a, const LoadedModel& m) {
   opt.sampling.vocab_limit = m.tokenizer->vocab_size();
   opt.speculative.draft_layer = a.draft_layer;
   opt.speculative.draft_tokens = a.draft_tokens;
-  if (!a.thresholds.empty()) opt.dynamic.thresholds = parse_thresholds(a.thresholds, (int)cfg.n_layers);
-  opt.dynamic.confidence = parse_confidence(a.confidence);
+  opt.speculative.draft_confidence = a.draft_confidence;
+  if (a.dynamic) opt.dynamic = choose_dynamic(a.thresholds, a.confidence, a.confidence_given, m, a.model);
   return opt.resolved((int)cfg.n_layers);
 }
 
@@ -177,7 +166,7 @@ nlohmann::json generation_json(const std::string& prompt, const std::string& tex
 void run_generate(GenerateArgs a, const GlobalOptions& g) {
   if (a.prompt_given == !a.prompt_file.empty())
     throw std::runtime_error("generate needs exactly one of --prompt and --prompt-file");
-  std::vector<std::string> prompts = a.prompt_given ? std::vector<std::string>{a.prompt} : read_prompts(a.prompt_file);
+  std::vector<std::string> prompts = a.prompt_given ? std::vector<std::string>{a.prompt} : read_prompts(a.prompt_file, "--prompt-file");
   LoadedModel m = load_model_and_tokenizer(a.model, a.tokenizer, g);
   const DecodeOptions opt = plan_options(a, m);
   const bool stream = prompts.size() == 1 && !a.json;
@@ -244,8 +233,14 @@ void add_generate_command(CLI::App& app, const GlobalOptions& g) {
   cmd->add_option("--draft-tokens", a->draft_tokens, "speculative: tokens drafted per round (0 = adaptive, from 4)")
       ->check(CLI::NonNegativeNumber)
       ->needs(spec);
+  cmd->add_option("--draft-confidence", a->draft_confidence,
+                  "speculative: stop a round's drafting once the draft's top probability falls below P (instead of the "
+                  "adaptive length; up to --draft-tokens, else 16)")
+      ->check(CLI::Range(0.0, 1.0))
+      ->needs(spec);
   cmd->add_option("--thresholds", a->thresholds,
-                  "dynamic: LAYER:THRESHOLD,... (default: the paper's 12:0.95,...,36:0.7 mapped onto this depth)")
+                  "dynamic: LAYER:THRESHOLD,... (default: the model's calibrated profile (sortedllama calibrate), else the "
+                  "paper's 12:0.95,...,36:0.7 mapped onto this depth)")
       ->needs(dyn);
   cmd->add_option("--confidence", a->confidence, "dynamic: max_prob (top-1) or margin (top-1 minus top-2)")
       ->check(CLI::IsMember({"max_prob", "margin"}))
@@ -256,6 +251,7 @@ void add_generate_command(CLI::App& app, const GlobalOptions& g) {
     a->exit_layer_given = cmd->count("--exit-layer") > 0;
     a->draft_layer_given = cmd->count("--draft-layer") > 0;
     a->thresholds_given = cmd->count("--thresholds") > 0;
+    a->confidence_given = cmd->count("--confidence") > 0;
     run_generate(*a, g);
   });
 }

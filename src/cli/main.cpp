@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <charconv>
+#include <fstream>
 #include <iostream>
 
 #include <fmt/format.h>
@@ -12,6 +13,7 @@
 #include <spdlog/spdlog.h>
 
 #include "cli.h"
+#include "sortedllama/data/records.h"
 #include "sortedllama/io/checkpoint.h"
 #include "sortedllama/util/runtime.h"
 
@@ -48,6 +50,53 @@ uint64_t parse_u64(const std::string& text, const std::string& option) {
   if (ec != std::errc() || end != text.data() + text.size() || text.empty())
     throw std::runtime_error(option + " " + text + " is not a non-negative integer");
   return v;
+}
+
+std::vector<std::string> read_prompts(const std::string& path, const std::string& option) {
+  std::vector<std::string> prompts;
+  if (path.size() >= 6 && path.substr(path.size() - 6) == ".jsonl") {
+    try {
+      for (const auto& r : read_records(path)) prompts.push_back(string_field(r, "prompt"));
+    } catch (const std::runtime_error& e) {
+      throw std::runtime_error(option + ": " + e.what());  // e names the file and line
+    }
+  } else {
+    std::ifstream f(path);
+    if (!f) throw std::runtime_error(option + ": cannot open " + path);
+    for (std::string line; std::getline(f, line);)
+      if (!line.empty()) prompts.push_back(line);
+  }
+  if (prompts.empty()) throw std::runtime_error(option + " " + path + ": no prompts in it");
+  return prompts;
+}
+
+DynamicParams choose_dynamic(const std::string& thresholds, const std::string& confidence, bool confidence_given,
+                             const LoadedModel& m, const std::string& model_dir) {
+  const ModelConfig& cfg = m.model->config();
+  DynamicParams p;
+  p.confidence = parse_confidence(confidence);
+  if (!thresholds.empty()) {
+    p.thresholds = parse_thresholds(thresholds, (int)cfg.n_layers);
+    spdlog::info("dynamic exit: thresholds {} from --thresholds ({})", format_thresholds(p.thresholds), confidence);
+    return p;
+  }
+  const auto& profile = cfg.dynamic_profile;
+  if (profile && (!confidence_given || profile->confidence == confidence)) {
+    p = dynamic_params(*profile);
+    const nlohmann::json& c = profile->calibrated;
+    spdlog::info("dynamic exit: thresholds {} ({}) from the decoding profile in {}/config.json{}", format_thresholds(p.thresholds),
+                 profile->confidence, model_dir,
+                 c.is_object() && c.contains("agreement") && c.contains("confidence")
+                     ? fmt::format(", calibrated for agreement {} with probability {}", c["agreement"].dump(), c["confidence"].dump())
+                     : std::string());
+    return p;
+  }
+  if (profile)
+    spdlog::warn("dynamic exit: {}/config.json's decoding profile is for --confidence {}, not {}: using the default thresholds",
+                 model_dir, profile->confidence, confidence);
+  p.thresholds = default_thresholds((int)cfg.n_layers);
+  spdlog::info("dynamic exit: default thresholds {} ({})", format_thresholds(p.thresholds), confidence);
+  return p;
 }
 
 void check_kv_cache_fits(const Llama& model, int64_t batch, int64_t prompt_len, int64_t max_new_tokens) {
@@ -108,11 +157,12 @@ int main(int argc, char** argv) {
   // - a better OpenBLAS kernel than the one it detected, or dropping one that failed its check;
   // - libgomp's default wait policy spins idle OpenMP threads, which starves OpenBLAS's own
   //   threads: training steps took 2x as long on 2 cores. So, unless the user chose a policy, the
-  //   process runs with PASSIVE. generate is the exception: its decoding steps run about a hundred
-  //   short parallel regions per token on idle BLAS threads, and waking passive threads for each
-  //   cost a fifth of the speed.
+  //   process runs with PASSIVE. generate and calibrate are the exception: their decoding steps run
+  //   about a hundred short parallel regions per token on idle BLAS threads, and waking passive
+  //   threads for each cost a fifth of the speed.
   bool restart = sl::prepare_blas_kernel();
-  if (!getenv("OMP_WAIT_POLICY") && sl::subcommand_of(argc, argv) != "generate")
+  const std::string subcommand = sl::subcommand_of(argc, argv);
+  if (!getenv("OMP_WAIT_POLICY") && subcommand != "generate" && subcommand != "calibrate")
     restart = setenv("OMP_WAIT_POLICY", "PASSIVE", 1) == 0 || restart;
   if (restart) {
     char self[4096];
@@ -149,6 +199,7 @@ int main(int argc, char** argv) {
     if (!sl::blas_is_optimized()) spdlog::warn("slow BLAS in use: {}", sl::blas_description());
   });
   sl::add_generate_command(app, g);
+  sl::add_calibrate_command(app, g);
   sl::add_eval_command(app, g);
   sl::add_convert_command(app, g);
   sl::add_data_command(app, g);

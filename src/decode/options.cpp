@@ -54,6 +54,13 @@ Confidence parse_confidence(const std::string& name) {
 
 const char* confidence_name(Confidence c) { return c == Confidence::kMargin ? "margin" : "max_prob"; }
 
+DynamicParams dynamic_params(const DynamicProfile& profile) {
+  DynamicParams p;
+  for (const auto& [layer, threshold] : profile.thresholds) p.thresholds.push_back({layer, threshold});
+  p.confidence = parse_confidence(profile.confidence);
+  return p;
+}
+
 std::string format_thresholds(const std::vector<ExitThreshold>& t) {
   std::ostringstream s;
   for (size_t i = 0; i < t.size(); ++i) s << (i ? "," : "") << t[i].layer << ":" << t[i].threshold;
@@ -87,6 +94,8 @@ void resolve_speculative(SpeculativeParams& p, int verifier, int n_layers) {
         " (below the verifier's " + std::to_string(verifier) + " layers)");
   if (p.draft_tokens < 0) bad("draft_tokens " + std::to_string(p.draft_tokens) + " must be >= 0 (0 = adaptive)");
   if (p.max_draft_tokens < 1) bad("max_draft_tokens " + std::to_string(p.max_draft_tokens) + " must be at least 1");
+  if (!(p.draft_confidence >= 0 && p.draft_confidence <= 1))
+    bad("draft_confidence " + str(p.draft_confidence) + " must be in [0, 1] (0 = adaptive draft length)");
 }
 
 void resolve_dynamic(DynamicParams& p, int exit_layer, int n_layers) {

@@ -23,9 +23,12 @@
 // and q are sl::sampling_probs of the verifier and draft logits with the same temperature / top-k /
 // top-p.
 //
-// Draft length: fixed (draft_tokens > 0), or adaptive (next_draft_length, from 4 within
-// [1, max_draft_tokens]). A round never drafts more than the most tokens any row may still emit,
-// minus the bonus token.
+// Draft length: fixed (draft_tokens > 0), adaptive (next_draft_length, from 4 within
+// [1, max_draft_tokens]), or confidence-stopped (draft_confidence > 0: up to draft_tokens or
+// max_draft_tokens, ending after the draft at which every row has been unsure once; a row's
+// unsure drafts are still verified, so a low-confidence guess costs one verified position at
+// most and output stays exact). A round never drafts more than the most tokens any row may still
+// emit, minus the bonus token.
 #include <algorithm>
 
 #include "sortedllama/decode/acceptance.h"
@@ -81,7 +84,8 @@ class SpeculativeRun {
         K_(opt.speculative.draft_layer),
         target_(opt.exit_layer),
         most_drafts_(opt.speculative.draft_tokens > 0 ? opt.speculative.draft_tokens : opt.speculative.max_draft_tokens),
-        n_draft_(opt.speculative.draft_tokens > 0 ? opt.speculative.draft_tokens : std::min<int64_t>(4, most_drafts_)),
+        n_draft_(opt.speculative.draft_tokens > 0 || opt.speculative.draft_confidence > 0 ? most_drafts_
+                                                                                           : std::min<int64_t>(4, most_drafts_)),
         // A round may use N+1 slots past the last emitted token; compaction keeps the rest within
         // prompt + max_new_tokens.
         batch_(model, prompts, opt.max_new_tokens + most_drafts_ + 1),
@@ -98,7 +102,7 @@ class SpeculativeRun {
       const Draft d = draft(reserve(planned), planned);
       const Acceptance a = verify(d);
       commit(d, a);
-      if (opt_.speculative.draft_tokens == 0)
+      if (opt_.speculative.draft_tokens == 0 && opt_.speculative.draft_confidence == 0)
         n_draft_ = next_draft_length(n_draft_, d.N, *std::max_element(a.accepted.begin(), a.accepted.end()), most_drafts_);
     }
     stats_.decode_ms += clock.ms();
@@ -161,6 +165,7 @@ class SpeculativeRun {
     Tensor tok = to_tensor(pending_).to(device()).unsqueeze(1);  // [R,1]
     std::vector<Tensor> states, drafts;                          // [R,1,D] each; [R,1] each
     Tensor ended = torch::zeros({R, 1}, torch::dtype(torch::kBool).device(device()));  // [R,1] drafted EOS
+    Tensor unsure = ended.clone();  // [R,1] a draft below draft_confidence
     const int64_t planned = N;
     for (int64_t j = 0; j <= N; ++j) {
       AttnInputs in = model_->attn_inputs(batch_.key_mask.narrow(1, 0, n + j + 1), R, n + j, 1);
@@ -176,9 +181,14 @@ class SpeculativeRun {
         tok = torch::multinomial(d.q.back(), 1, false, gen_).to(device());
       }
       drafts.push_back(tok);
-      // Drafting past EOS is wasted work: once every row has drafted it, only its state remains.
+      // Drafting past EOS, or past every row's first unsure draft, is likely wasted work: then
+      // only this draft's state remains.
       ended = ended.logical_or(tok.eq(opt_.eos_id));
-      if (j + 1 < N && ended.all().item<bool>()) N = j + 1;
+      if (opt_.speculative.draft_confidence > 0) {
+        Tensor top = std::get<0>(decodable_logits(logits, opt_.sampling).to(torch::kFloat32).softmax(-1).max(-1, /*keepdim=*/true));
+        unsure = unsure.logical_or(top < opt_.speculative.draft_confidence);
+      }
+      if (j + 1 < N && ended.logical_or(unsure).all().item<bool>()) N = j + 1;
     }
     if (N < planned) batch_.key_mask.narrow(1, n + N + 1, planned - N).zero_();
     d.N = N;

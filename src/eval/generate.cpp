@@ -76,6 +76,7 @@ void generate_batch_other(Llama& model, const std::vector<std::vector<int>>& pro
     o.strategy = Strategy::kSpeculative;
     o.speculative.draft_layer = row.exit;
     o.speculative.draft_tokens = opt.draft_tokens;
+    o.speculative.draft_confidence = opt.draft_confidence;
   } else {
     o.strategy = Strategy::kDynamic;
     o.dynamic.thresholds = opt.thresholds;

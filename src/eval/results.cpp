@@ -13,13 +13,14 @@ namespace sl {
 
 namespace fs = std::filesystem;
 
-namespace {
 std::string iso_date_utc() {
   std::time_t t = std::time(nullptr);
   char buf[32];
   std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
   return buf;
 }
+
+namespace {
 
 // Scalar metrics in first-seen order over the rows: the table's columns.
 std::vector<std::string> columns(const TaskResult& r) {

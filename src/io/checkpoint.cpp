@@ -248,6 +248,18 @@ void require_replaceable_model_dir(const std::string& dir) {
     throw std::runtime_error("refusing to replace " + dir + ": it is not a model directory (no config.json) and would be lost");
 }
 
+void write_dynamic_profile(const std::string& dir, const DynamicProfile& profile) {
+  const std::string path = dir + "/config.json";
+  ModelConfig cfg = ModelConfig::from_json(read_json_file(path), path);  // names the file when it is bad
+  cfg.dynamic_profile = profile;
+  // The file's own key order and keys are kept: only "decoding" changes.
+  std::ifstream in(path);
+  nlohmann::ordered_json raw = nlohmann::ordered_json::parse(in);
+  raw["decoding"] = nlohmann::ordered_json::parse(cfg.to_json()["decoding"].dump());
+  ModelConfig::from_json(nlohmann::json::parse(raw.dump()), path);  // what is written must load
+  write_file_atomic(path, raw.dump(2) + "\n");
+}
+
 void save_model(Llama& model, const std::string& dir, const std::string& tokenizer, torch::Dtype dtype,
                 int64_t max_shard_bytes) {
   require_replaceable_model_dir(dir);

@@ -1,5 +1,6 @@
 #include "sortedllama/model/config.h"
 
+#include <cmath>
 #include <limits>
 #include <stdexcept>
 #include <type_traits>
@@ -52,6 +53,39 @@ T get_optional(const nlohmann::json& j, const char* key, T fallback, const std::
   if (!j.contains(key) || j.at(key).is_null()) return fallback;
   return get_required<T>(j, key, source);
 }
+
+// "decoding": {"dynamic": {"thresholds": [{"layer": 2, "threshold": 0.9}, ...], "confidence": "max_prob",
+// "calibrated": {...}}}; the values are checked against the depth in validate().
+DynamicProfile dynamic_profile_from_json(const nlohmann::json& decoding, const std::string& source) {
+  if (!decoding.is_object())
+    throw config_error(source, std::string("key \"decoding\" has the wrong type (") + decoding.type_name() + ")");
+  for (const auto& [key, v] : decoding.items())
+    if (key != "dynamic") throw config_error(source, "unknown key \"decoding." + key + "\" (known: dynamic)");
+  if (!decoding.contains("dynamic")) throw config_error(source, "key \"decoding\" has no \"dynamic\" profile");
+  const nlohmann::json& d = decoding.at("dynamic");
+  if (!d.is_object()) throw config_error(source, std::string("key \"decoding.dynamic\" has the wrong type (") + d.type_name() + ")");
+  for (const auto& [key, v] : d.items())
+    if (key != "thresholds" && key != "confidence" && key != "calibrated")
+      throw config_error(source, "unknown key \"decoding.dynamic." + key + "\" (known: thresholds, confidence, calibrated)");
+  DynamicProfile p;
+  if (!d.contains("thresholds") || !d["thresholds"].is_array())
+    throw config_error(source, "key \"decoding.dynamic.thresholds\" must be a list of {\"layer\", \"threshold\"}");
+  for (const auto& t : d["thresholds"]) {
+    if (!t.is_object() || t.size() != 2 || !t.contains("layer") || !t.contains("threshold") || !t["threshold"].is_number())
+      throw config_error(source, "an entry of decoding.dynamic.thresholds is " + describe(t) +
+                                     ", not {\"layer\": INT, \"threshold\": NUMBER}");
+    p.thresholds.emplace_back(exact_integer<int>(t["layer"], "a layer of decoding.dynamic.thresholds", source),
+                              t["threshold"].get<double>());
+  }
+  p.confidence = get_optional<std::string>(d, "confidence", p.confidence, source);
+  if (d.contains("calibrated") && !d["calibrated"].is_null()) {
+    if (!d["calibrated"].is_object())
+      throw config_error(source, std::string("key \"decoding.dynamic.calibrated\" has the wrong type (") +
+                                     d["calibrated"].type_name() + ")");
+    p.calibrated = d["calibrated"];
+  }
+  return p;
+}
 }  // namespace
 
 ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& source) {
@@ -80,6 +114,7 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& s
       throw config_error(source, std::string("key \"sortedllama.ict_exits\" has the wrong type (") + exits.type_name() + ")");
     for (const auto& e : exits) c.ict_exits.push_back(exact_integer<int>(e, "an entry of sortedllama.ict_exits", source));
   }
+  if (j.contains("decoding") && !j["decoding"].is_null()) c.dynamic_profile = dynamic_profile_from_json(j["decoding"], source);
   c.validate(source);
   return c;
 }
@@ -118,6 +153,20 @@ void ModelConfig::validate(const std::string& source) const {
     if (e < 1 || e >= n_layers)
       throw config_error(source, "sortedllama.ict_exits holds " + std::to_string(e) +
                                      ", not an intermediate layer of a " + std::to_string(n_layers) + "-layer model");
+  if (dynamic_profile) {
+    const auto& t = dynamic_profile->thresholds;
+    if (t.empty()) throw config_error(source, "decoding.dynamic.thresholds is empty");
+    for (size_t i = 0; i < t.size(); ++i) {
+      if (t[i].first < 1 || t[i].first > n_layers || (i > 0 && t[i].first <= t[i - 1].first))
+        throw config_error(source, "decoding.dynamic.thresholds: layers must increase within 1.." + std::to_string(n_layers) +
+                                       ", got " + std::to_string(t[i].first));
+      if (!std::isfinite(t[i].second) || t[i].second < 0)
+        throw config_error(source, "decoding.dynamic.thresholds: layer " + std::to_string(t[i].first) +
+                                       "'s threshold must be a confidence >= 0 (above 1: never exit there)");
+    }
+    if (dynamic_profile->confidence != "max_prob" && dynamic_profile->confidence != "margin")
+      throw config_error(source, "decoding.dynamic.confidence \"" + dynamic_profile->confidence + "\" is not max_prob or margin");
+  }
 }
 
 nlohmann::json ModelConfig::to_json() const {
@@ -145,6 +194,13 @@ nlohmann::json ModelConfig::to_json() const {
   if (!ict_exits.empty())
     j["sortedllama"] = {{"ict_exits", ict_exits},
                         {"note", "SFT+ICT: tensors ict_heads.<exit>.weight are extra output heads for these exits"}};
+  if (dynamic_profile) {
+    nlohmann::json t = nlohmann::json::array();
+    for (const auto& [layer, threshold] : dynamic_profile->thresholds) t.push_back({{"layer", layer}, {"threshold", threshold}});
+    nlohmann::json& d = j["decoding"]["dynamic"];
+    d = {{"thresholds", t}, {"confidence", dynamic_profile->confidence}};
+    if (!dynamic_profile->calibrated.is_null()) d["calibrated"] = dynamic_profile->calibrated;
+  }
   return j;
 }
 

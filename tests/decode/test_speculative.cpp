@@ -22,20 +22,6 @@ std::vector<std::vector<int>> story_prompts(const sl::Tokenizer& tok) {
   return p;
 }
 
-// stories260K is not SoFT-trained: its tied head reads shallow states as "repeat the input token",
-// so drafts are almost always rejected. Scaling the outputs of layers 3..5 by 0.2 stands in for a
-// SoFT checkpoint: exit 2 then agrees with the full model ~80% of the time (greedy), not always.
-sl::Llama damped_model(const std::string& dir) {
-  sl::Llama m = sl::load_model(dir);
-  torch::NoGradGuard g;
-  for (auto& p : m->named_parameters())
-    for (int i = 2; i < 5; ++i)
-      if (p.key().rfind("model.layers." + std::to_string(i) + ".", 0) == 0 &&
-          (p.key().find("o_proj") != std::string::npos || p.key().find("down_proj") != std::string::npos))
-        p.value().mul_(0.2);
-  return m;
-}
-
 sl::DecodeOptions plain(int64_t max_new, int exit = 0, int64_t eos = 2) {
   sl::DecodeOptions o;
   o.max_new_tokens = max_new;
@@ -75,7 +61,7 @@ TEST(SpeculativeGreedy, EqualsFullGreedyForEveryDraftLayerLengthAndBatch) {
   ASSERT_EQ(tok.decode({(int)dot}), ".");
   std::map<std::string, int> finish;  // over both models
   for (bool damped : {false, true}) {
-    sl::Llama m = damped ? damped_model(dir) : sl::load_model(dir);
+    sl::Llama m = damped ? sl_test::damped_stories_model(dir) : sl::load_model(dir);
     double best_rate = 0;
     for (auto [max_new, eos] : {std::pair<int64_t, int64_t>{9, dot}, {60, 2}}) {
       std::vector<sl::Generation> want;  // unbatched plain decoding
@@ -108,7 +94,7 @@ TEST(SpeculativeGreedy, EqualsFullGreedyForEveryDraftLayerLengthAndBatch) {
 
 TEST(SpeculativeGreedy, RejectedSlotsBecomeHolesAndTheCacheIsCompacted) {
   std::string dir = sl_test::stories_model_dir();
-  sl::Llama m = damped_model(dir);
+  sl::Llama m = sl_test::damped_stories_model(dir);
   sl::Tokenizer tok(dir + "/tokenizer.model");
   auto prompts = story_prompts(tok);
   auto want = sl::generate(m, prompts, plain(100));
@@ -125,7 +111,7 @@ TEST(SpeculativeGreedy, RejectedSlotsBecomeHolesAndTheCacheIsCompacted) {
 // and the JSON carries the speculative keys.
 TEST(SpeculativeStats, HistogramAndTimeSplitAddUp) {
   std::string dir = sl_test::stories_model_dir();
-  sl::Llama m = damped_model(dir);
+  sl::Llama m = sl_test::damped_stories_model(dir);
   sl::Tokenizer tok(dir + "/tokenizer.model");
   auto prompts = story_prompts(tok);
   for (int n : {3, 0}) {
@@ -280,7 +266,7 @@ TEST(SpeculativeCrop, NoneAccepted) {
 // the draft's own distribution by far, so the test can fail.
 TEST(SpeculativeSampling, MatchesTheVerifierDistribution) {
   std::string dir = sl_test::stories_model_dir();
-  sl::Llama m = damped_model(dir);
+  sl::Llama m = sl_test::damped_stories_model(dir);
   sl::Tokenizer tok(dir + "/tokenizer.model");
   const std::vector<int> prompt = tok.encode("Lily and Ben", true);
   const sl::SamplingParams sp{1.5, 1.0, 3};
@@ -344,4 +330,40 @@ TEST(SpeculativeSampling, MatchesTheVerifierDistribution) {
   }
   EXPECT_LT(worst_z(exact), 5.0) << "total variation " << tv;
   EXPECT_GT(worst_z(draft), 15.0) << "the draft's distribution is too close for this test to fail";
+}
+
+// Confidence-stopped drafting: output stays the full model's greedy output for any threshold and
+// batch size; a higher threshold drafts shorter rounds; 0 keeps the adaptive length.
+TEST(SpeculativeGreedy, ConfidenceStoppedDraftingEqualsFullGreedy) {
+  std::string dir = sl_test::stories_model_dir();
+  sl::Tokenizer tok(dir + "/tokenizer.model");
+  auto prompts = story_prompts(tok);
+  sl::Llama m = sl_test::damped_stories_model(dir);
+  std::vector<sl::Generation> want;
+  for (const auto& p : prompts) want.push_back(sl::generate(m, {p}, plain(40))[0]);
+  std::map<double, double> drafts_per_round;
+  for (double c : {0.2, 0.5, 0.8, 0.95, 1.0}) {
+    for (size_t batch : {(size_t)1, (size_t)3, prompts.size()}) {
+      const std::string what = "draft confidence " + std::to_string(c) + ", batch " + std::to_string(batch);
+      auto o = spec(40, 2, 0);
+      o.speculative.draft_confidence = c;
+      sl::DecodeStats st;
+      for (size_t s = 0; s < prompts.size(); s += batch) {
+        const std::vector<std::vector<int>> part(prompts.begin() + (std::ptrdiff_t)s,
+                                                 prompts.begin() + (std::ptrdiff_t)std::min(prompts.size(), s + batch));
+        expect_same(sl::generate(m, part, o, &st), std::vector<sl::Generation>(want.begin() + (std::ptrdiff_t)s,
+                                                                               want.begin() + (std::ptrdiff_t)(s + part.size())),
+                    what);
+      }
+      EXPECT_GT(st.rounds, 0) << what;
+      EXPECT_LE(st.proposed_at.size(), 16u) << what << ": at most max_draft_tokens per round";
+      if (batch == 1) drafts_per_round[c] = (double)st.drafted / (double)st.rounds;
+    }
+  }
+  // A lower threshold lets rounds run longer.
+  EXPECT_GT(drafts_per_round[0.2], drafts_per_round[0.95]);
+  EXPECT_GT(drafts_per_round[0.2], drafts_per_round[1.0]);
+  auto bad = spec(10, 2, 0);
+  bad.speculative.draft_confidence = 1.5;
+  EXPECT_THROW(sl::generate(m, {prompts[1]}, bad), std::invalid_argument);
 }

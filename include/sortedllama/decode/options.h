@@ -8,6 +8,7 @@
 #include "sortedllama/decode/batch.h"
 #include "sortedllama/decode/sampling.h"
 #include "sortedllama/decode/stats.h"
+#include "sortedllama/model/config.h"
 
 namespace sl {
 
@@ -33,6 +34,11 @@ struct SpeculativeParams {
   int draft_layer = 0;        // K, the drafting sub-model; 0 = the first "auto" exit
   int draft_tokens = 0;       // N per round; 0 = adaptive
   int max_draft_tokens = 16;  // upper bound of the adaptive length
+  // > 0: confidence-stopped drafting instead of the adaptive length. A round drafts up to
+  // draft_tokens (0: max_draft_tokens) tokens and stops after the token at which no row's draft is
+  // still sure: a row stays sure while each of its drafts had a top probability (softmax of the
+  // draft logits) of at least this.
+  double draft_confidence = 0;
 };
 
 struct DynamicParams {
@@ -41,6 +47,9 @@ struct DynamicParams {
   // Called for every token chosen (EOS included): its sequence, exit layer and confidence there.
   std::function<void(size_t row, int exit, double confidence)> on_exit;
 };
+
+// A checkpoint's calibrated profile (config.json "decoding.dynamic") as dynamic-exit settings.
+DynamicParams dynamic_params(const DynamicProfile& profile);
 
 struct DecodeOptions : StopRule {
   Strategy strategy = Strategy::kPlain;

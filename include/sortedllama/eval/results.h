@@ -38,6 +38,7 @@ struct RunInfo {
 };
 
 ojson results_json(const TaskResult& r, const RunInfo& run);
+std::string iso_date_utc();  // now, "2024-01-31T12:00:00Z" (results files' "date")
 // Exits as rows, scalar metrics as columns: aligned text for stdout, or a Markdown table.
 std::string results_table(const TaskResult& r, bool markdown);
 // `out` is a directory (created; gets results.json, results.md and the samples files), or a path

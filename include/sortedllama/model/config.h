@@ -1,12 +1,23 @@
 // Model hyper-parameters, read from and written to an HF `config.json` (LlamaForCausalLM).
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 namespace sl {
+
+// A decoding profile stored with the weights it was measured on (config.json
+// "decoding": {"dynamic": {...}}): the thresholds of dynamic early exit that `sortedllama calibrate`
+// chose, which generate --dynamic and eval --decode dynamic use when no thresholds are given.
+struct DynamicProfile {
+  std::vector<std::pair<int, double>> thresholds;  // "thresholds": [{"layer", "threshold"}], layers increasing
+  std::string confidence = "max_prob";             // "confidence": max_prob | margin
+  nlohmann::json calibrated;                       // "calibrated": what the guarantee is and how it was measured; null = none
+};
 
 struct ModelConfig {
   int64_t dim = 0;          // hidden_size
@@ -22,6 +33,7 @@ struct ModelConfig {
   int64_t bos_id = 1, eos_id = 2;
   std::string torch_dtype = "float32";
   std::vector<int> ict_exits;  // SFT+ICT: exits with their own trained head (sortedllama.ict_exits)
+  std::optional<DynamicProfile> dynamic_profile;  // decoding.dynamic
 
   int64_t head_dim() const { return dim / n_heads; }
 
