@@ -3,7 +3,6 @@
 #include <cmath>
 #include <stdexcept>
 
-#include <ATen/Parallel.h>
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
 
@@ -31,30 +30,6 @@ std::vector<std::vector<size_t>> buckets(const Slots& slots, const std::vector<s
     n += slots[i].param.numel();
   }
   return out;
-}
-
-// libtorch's AdamW update of one CPU fp32 tensor (decoupled weight decay, bias-corrected moments,
-// the same state) in one pass: the library's seven whole-tensor operations and two temporaries
-// stream the weights, gradients and moments through memory again each.
-void adamw_update_cpu(const Tensor& param, const Tensor& grad, torch::optim::AdamWParamState& st,
-                      const torch::optim::AdamWOptions& o) {
-  st.step(st.step() + 1);
-  const double b1 = std::get<0>(o.betas()), b2 = std::get<1>(o.betas());
-  const float decay = (float)(1 - o.lr() * o.weight_decay()), beta1 = (float)b1, beta2 = (float)b2;
-  const float sqrt_bc2 = (float)std::sqrt(1 - std::pow(b2, (double)st.step())), eps = (float)o.eps();
-  const float step_size = (float)(o.lr() / (1 - std::pow(b1, (double)st.step())));
-  float* p = param.data_ptr<float>();
-  float* m = st.exp_avg().data_ptr<float>();
-  float* v = st.exp_avg_sq().data_ptr<float>();
-  const Tensor gc = grad.contiguous();
-  const float* g = gc.data_ptr<float>();
-  at::parallel_for(0, param.numel(), 1 << 15, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i) {
-      m[i] = m[i] * beta1 + g[i] * (1 - beta1);
-      v[i] = v[i] * beta2 + g[i] * g[i] * (1 - beta2);
-      p[i] = p[i] * decay - step_size * m[i] / (std::sqrt(v[i]) / sqrt_bc2 + eps);
-    }
-  });
 }
 
 bool in_decoder_layer(const std::string& name) { return name.rfind("model.layers.", 0) == 0; }
@@ -113,9 +88,6 @@ DistAdamW::DistAdamW(std::vector<std::pair<std::string, Tensor>> params, const A
   groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(opts));
   groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(opts).weight_decay(0.0)));
   opt_ = std::make_unique<torch::optim::AdamW>(std::move(groups), opts);
-  cpu_fp32_ = true;
-  for (const Slot& s : slots_)
-    if (owns(s)) cpu_fp32_ = cpu_fp32_ && s.master.is_cpu() && s.master.is_contiguous();
   // Parameters that compute in bf16 collect their gradients in fp32: before autograd accumulates a
   // backward pass's gradient (each loss chunk of each exit, each micro-batch), the .grad it adds into
   // becomes an fp32 tensor, so hundreds of contributions are summed without a bf16 rounding each.
@@ -267,7 +239,7 @@ double DistAdamW::reduce_and_clip(double clip) {
   for (Slot& s : slots_)
     if (owns(s) && s.master.grad().defined()) grads.push_back(s.master.grad());
   Tensor sq = torch::zeros({1}, torch::kFloat64);
-  for (const Tensor& g : grads) sq += torch::dot(g.reshape(-1), g.reshape(-1)).to(torch::kCPU, torch::kFloat64);
+  for (const Tensor& g : grads) sq += g.pow(2).sum().to(torch::kCPU, torch::kFloat64);
   if (shard_) dist_.all_reduce_sum(sq);
   const double norm = std::sqrt(sq.item<double>());
   if (clip > 0 && clip / (norm + 1e-6) < 1.0)  // torch.nn.utils.clip_grad_norm_'s rule
@@ -277,24 +249,7 @@ double DistAdamW::reduce_and_clip(double clip) {
 
 void DistAdamW::apply(double lr) {
   for (auto& g : opt_->param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
-  if (cpu_fp32_) {
-    torch::NoGradGuard no_grad;
-    for (auto& group : opt_->param_groups())
-      for (auto& p : group.params()) {
-        if (!p.grad().defined()) continue;  // a parameter no backward pass reached, as libtorch skips it
-        auto& st = opt_->state()[state_key(p)];
-        if (!st) {
-          auto fresh = std::make_unique<torch::optim::AdamWParamState>();
-          fresh->exp_avg(torch::zeros_like(p, torch::MemoryFormat::Preserve));
-          fresh->exp_avg_sq(torch::zeros_like(p, torch::MemoryFormat::Preserve));
-          st = std::move(fresh);
-        }
-        adamw_update_cpu(p, p.grad(), static_cast<torch::optim::AdamWParamState&>(*st),
-                         static_cast<const torch::optim::AdamWOptions&>(group.options()));
-      }
-  } else {
-    opt_->step();
-  }
+  opt_->step();
   {
     torch::NoGradGuard no_grad;
     for (Slot& s : slots_)

@@ -10,10 +10,9 @@
 //      are partitioned whole, balanced by size: Gloo has no reduce-scatter, so this is the
 //      reduce-scatter of a parameter partition);
 //   2. clips by the global gradient norm;
-//   3. runs AdamW (libtorch's update and state; on CPU one pass per tensor) on the owned
-//      parameters' fp32 master copies (the parameters themselves when they are fp32; a separate
-//      fp32 copy when the model computes in bf16, whose gradients autograd accumulates in fp32); a
-//      parameter no backward pass reached is left alone;
+//   3. runs torch::optim::AdamW on the owned parameters' fp32 master copies (the parameters
+//      themselves when they are fp32; a separate fp32 copy when the model computes in bf16, whose
+//      gradients autograd accumulates in fp32); a parameter no backward pass reached is left alone;
 //   4. broadcasts each updated parameter from its owner (the matching all-gather).
 // Per-rank memory, Ψ parameters, N ranks, bf16 model: 2Ψ weights + 4Ψ fp32 gradients + 12Ψ/N for fp32
 // master weights and the two moments (fp32 model: 4Ψ + 4Ψ + 8Ψ/N).
@@ -96,8 +95,7 @@ class DistAdamW {
   std::vector<Slot> slots_;
   Dist& dist_;
   bool shard_;
-  std::unique_ptr<torch::optim::AdamW> opt_;  // the hyper-parameters and moments
-  bool cpu_fp32_ = false;  // every owned master is a contiguous CPU tensor: AdamW runs as one pass per tensor
+  std::unique_ptr<torch::optim::AdamW> opt_;
   std::vector<Bucket> buckets_;  // in launch order, the same on every rank
   std::vector<size_t> bucket_of_;
   std::vector<bool> slot_ready_;
