@@ -1,15 +1,22 @@
 #!/usr/bin/python3
 """Training throughput and peak memory: sortedllama finetune (SFT, SoFT) against a plain PyTorch loop.
 
-Driver (run by scripts/bench_finetune.sh): writes a data slice and a finetune config for a
-LLaMA-shaped model initialised from scratch, runs `sortedllama finetune` for SFT and SoFT and the
-plain PyTorch loop below for SFT and SoFT, each in its own process (peak RSS from wait4), and
-writes OUT/finetune.json and OUT/finetune.md. Tokens/s counts non-padding tokens over the timed
-steps (the first --skip steps are warm-up and not timed).
+Driver (run by scripts/bench_finetune.sh): for each setting, writes a data slice and a finetune
+config for a LLaMA-shaped model initialised from scratch, then runs `sortedllama finetune` and the
+plain PyTorch loop below, SFT and SoFT, each in its own process (peak RSS from wait4), interleaved
+(sortedllama, PyTorch, sortedllama, PyTorch, ...) --repeat times; medians count. Tokens/s counts
+non-padding tokens over the timed steps (the first --skip steps are warm-up and not timed). It also
+times the GEMMs of one step's matrix shapes on their own (torch.mm, same threads, in the same run)
+and reports each implementation's model FLOP/s as a fraction of that GEMM speed, and sortedllama's
+time per phase (metrics.jsonl phase_ms). Writes OUT/finetune.json and OUT/finetune.md.
 
-The PyTorch loop is what a researcher would write first: HF-style LLaMA in float32, logits of the
-whole batch for each exit, cross-entropy with ignored prompt positions, AdamW. Its SoFT keeps every
-exit's [batch, seq, vocab] logits alive until backward (the memory the paper paid for).
+Settings: `dense` is text sequences of --max-seq-len tokens with every position labelled, batch 8,
+8 heads over 4 KV heads; `alpaca` is real Alpaca records, response tokens labelled, batch 4.
+
+The PyTorch loop is what a researcher would write first: HF-style LLaMA in float32, cross-entropy
+on each exit's logits, AdamW, gradient clipping. To be fair where only some positions are labelled,
+it computes the head on the labelled positions only (as sortedllama does); SoFT keeps every exit's
+logits alive until one backward.
 """
 import argparse
 import json
@@ -22,12 +29,23 @@ import sys
 import tempfile
 import time
 
-SHAPE = {  # LLaMA-shaped, small enough for a CPU: 8 layers, dim 256, LLaMA 2 vocabulary
+BASE_SHAPE = {  # LLaMA-shaped, small enough for a CPU: 8 layers, dim 256, LLaMA 2 vocabulary
     "model_type": "llama", "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 8,
     "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 32000,
     "max_position_embeddings": 512, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
     "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
 }
+SETTINGS = {  # name -> data format, batch size, attention heads / KV heads, default steps (untimed)
+    "dense": {"format": "text", "batch_size": 8, "heads": (8, 4), "steps": 3, "skip": 1},
+    "alpaca": {"format": "alpaca", "batch_size": 4, "heads": (4, 4), "steps": 6, "skip": 2},
+}
+
+
+def shape_of(setting):
+    h, kv = SETTINGS[setting]["heads"]
+    return dict(BASE_SHAPE, num_attention_heads=h, num_key_value_heads=kv)
+
+
 PROMPT_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further "
                 "context. Write a response that appropriately completes the request.\n\n"
                 "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:")
@@ -43,7 +61,7 @@ def worker(args):
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
-    c = SHAPE
+    c = shape_of(args.setting)
     D, H, KV, L, V = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"], \
         c["num_hidden_layers"], c["vocab_size"]
     hd = D // H
@@ -65,7 +83,7 @@ def worker(args):
         x1, x2 = x[..., : hd // 2], x[..., hd // 2:]
         return x * cos + torch.cat((-x2, x1), -1) * sin
 
-    def forward(tokens, mask, exits):
+    def forward(tokens, mask, labelled, exits):
         B, T = tokens.shape
         inv = 1.0 / (c["rope_theta"] ** (torch.arange(0, hd, 2).float() / hd))
         ang = torch.outer(torch.arange(T).float(), inv)
@@ -78,20 +96,24 @@ def worker(args):
         for i in range(L):
             h = rms(x, params[f"{i}.n1"])
             q = (h @ params[f"{i}.q"].t()).view(B, T, H, hd).transpose(1, 2)
-            k = (h @ params[f"{i}.k"].t()).view(B, T, KV, hd).transpose(1, 2)
-            v = (h @ params[f"{i}.v"].t()).view(B, T, KV, hd).transpose(1, 2)
+            k = (h @ params[f"{i}.k"].t()).view(B, T, KV, hd).transpose(1, 2).repeat_interleave(H // KV, 1)
+            v = (h @ params[f"{i}.v"].t()).view(B, T, KV, hd).transpose(1, 2).repeat_interleave(H // KV, 1)
             q, k = rope(q, cos, sin), rope(k, cos, sin)
             att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(hd) + bias, -1)
             x = x + (att @ v).transpose(1, 2).reshape(B, T, D) @ params[f"{i}.o"].t()
             h = rms(x, params[f"{i}.n2"])
             x = x + (F.silu(h @ params[f"{i}.gate"].t()) * (h @ params[f"{i}.up"].t())) @ params[f"{i}.down"].t()
-            if i + 1 in exits:
-                out.append(rms(x, params["norm"]) @ params["head"].t())  # [B, T, V] per exit
+            if i + 1 in exits:  # [N, V] per exit: the head on the labelled positions only
+                out.append(rms(x[labelled], params["norm"]) @ params["head"].t())
         return out
 
     sp = spm.SentencePieceProcessor(model_file=args.tokenizer)
     examples = []
     for r in json.load(open(args.data)):
+        if "text" in r:  # every token after the first is a target
+            ids = ([sp.bos_id()] + sp.encode(r["text"]) + [sp.eos_id()])[: args.max_seq_len]
+            examples.append((ids, [-100] + ids[1:]))
+            continue
         tmpl = PROMPT_INPUT if r.get("input") else PROMPT_NO_INPUT
         prompt = tmpl.format(**r)
         ids = [sp.bos_id()] + sp.encode(prompt + r["output"]) + [sp.eos_id()]
@@ -117,8 +139,9 @@ def worker(args):
             labels[b, : len(ids) - 1] = torch.tensor(lab[1:])
             mask[b, : len(ids)] = 1
         t0 = time.perf_counter()
-        logits = forward(tokens, mask, exits)
-        loss = sum(F.cross_entropy(lg.view(-1, V), labels.view(-1), ignore_index=-100) for lg in logits) / len(logits)
+        labelled = labels >= 0
+        logits = forward(tokens, mask, labelled, exits)
+        loss = sum(F.cross_entropy(lg, labels[labelled]) for lg in logits) / len(logits)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
@@ -136,6 +159,57 @@ def worker(args):
                       "targets_per_step": timed_targets / (args.steps - args.skip), "first_loss": losses[0]}))
 
 
+# ------------------------------------------------------------------ GEMM speed of the step's shapes
+def matrix_products(c, batch_size, tokens, targets, n_exits):
+    """(count, kind, dims) of one training step's matrix products, forward and backward: each
+    linear map's forward, input-gradient and weight-gradient GEMM over the step's tokens, attention's
+    two batched products (and their gradients) over the mean sequence length, and each exit's head
+    over the labelled positions. kind "mm": (M, K, N); "bmm": (batch, M, K, N)."""
+    D, I, L, V = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["vocab_size"]
+    H, KV = c["num_attention_heads"], c["num_key_value_heads"]
+    hd = D // H
+    M, T = int(round(tokens)), max(1, int(round(tokens / batch_size)))
+    out = []
+    for k, n in ((D, H * hd), (D, KV * hd), (D, KV * hd), (H * hd, D), (D, I), (D, I), (I, D)):
+        out += [(L, "mm", (M, k, n)), (L, "mm", (M, n, k)), (L, "mm", (n, M, k))]
+    bh = batch_size * H  # scores q k^T and probabilities @ v, each with two gradient products
+    out += [(L, "bmm", (bh, T, hd, T)), (L, "bmm", (bh, T, T, hd)), (L, "bmm", (bh, hd, T, T)),
+            (L, "bmm", (bh, T, T, hd)), (L, "bmm", (bh, T, hd, T)), (L, "bmm", (bh, hd, T, T))]
+    N = int(round(targets))
+    out += [(n_exits, "mm", (N, D, V)), (n_exits, "mm", (N, V, D)), (n_exits, "mm", (V, N, D))]
+    return out
+
+
+def product_flops(kind, dims):
+    return 2 * math.prod(dims)
+
+
+def gemm_worker(args):
+    """Times each distinct product of --products (JSON) with torch.mm/bmm; prints seconds per product."""
+    import torch
+    torch.set_num_threads(args.threads)
+    times = {}
+    for _, kind, dims in json.loads(args.products):
+        key = f"{kind}:{dims}"
+        if key in times:
+            continue
+        if kind == "mm":
+            a, b = torch.randn(dims[0], dims[1]), torch.randn(dims[1], dims[2])
+            op = lambda: torch.mm(a, b)
+        else:
+            a, b = torch.randn(dims[0], dims[1], dims[2]), torch.randn(dims[0], dims[2], dims[3])
+            op = lambda: torch.bmm(a, b)
+        op()
+        runs = []
+        while len(runs) < 3 or (sum(runs) < 0.2 and len(runs) < 50):
+            t0 = time.perf_counter()
+            op()
+            runs.append(time.perf_counter() - t0)
+        times[key] = sorted(runs)[len(runs) // 2]
+    print(json.dumps(times))
+
+
+# ------------------------------------------------------------------ driver
 # ------------------------------------------------------------------ driver
 def run_measured(cmd, stdout_path):
     """Runs cmd, returns (exit code, peak RSS in MiB, wall seconds). Every run gets the OpenMP wait
@@ -157,133 +231,238 @@ def machine(bin_path, threads):
             "os": platform.platform(), "sortedllama": version, "load_avg_at_start": os.getloadavg()[0]}
 
 
-def driver(args):
-    os.makedirs(args.out, exist_ok=True)
-    work = tempfile.mkdtemp(prefix="sortedllama-bench-ft-")
-    data = os.path.join(work, "alpaca_slice.json")
-    records = json.load(open(args.alpaca))[: args.records]
+def dense_texts(alpaca, tokenizer, min_tokens, count):
+    """`count` texts of at least `min_tokens` tokens, each Alpaca records joined end to end."""
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor(model_file=tokenizer)
+    texts, parts = [], []
+    for r in alpaca:
+        parts += [r["instruction"], r.get("input", ""), r["output"]]
+        text = "\n".join(p for p in parts if p)
+        if len(text) > 3 * min_tokens and len(sp.encode(text)) >= min_tokens:
+            texts.append({"text": text})
+            parts = []
+            if len(texts) == count:
+                return texts
+    sys.exit(f"error: only {len(texts)} texts of {min_tokens} tokens in the Alpaca file")
+
+
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+
+
+def run_sortedllama(args, bin_path, cfg_path, work, name, method, skip, extra=()):
+    out_dir = os.path.join(work, name)
+    log = out_dir + ".out"
+    cmd = [bin_path, "--threads", str(args.threads), *extra, "finetune", "--config", cfg_path,
+           "--set", f"method={method}", "--set", f"out_dir={out_dir}"]
+    if extra:  # ranks share the cores; wait4 reports the largest rank's peak RSS
+        cmd = [bin_path, "--threads", str(max(1, args.threads // 2)), "launch", "--nproc", "2", "--", "finetune",
+               *extra, "--config", cfg_path, "--set", f"method={method}", "--set", f"out_dir={out_dir}"]
+    rc, rss, _ = run_measured(cmd, log)
+    if rc != 0:
+        sys.exit(f"error: {name} failed (exit {rc}); its output is in {log}")
+    steps = [json.loads(l) for l in open(os.path.join(out_dir, "metrics.jsonl"))]
+    steps = [s for s in steps if s.get("type") == "train" and s["step"] > skip]
+    ms = sum(s["ms_per_step"] for s in steps)
+    tok = sum(s["tokens"] for s in steps)
+    res = {"tokens_per_s": tok / (ms / 1000), "ms_per_step": ms / len(steps), "tokens_per_step": tok / len(steps),
+           "peak_rss_mib": rss}
+    if all("phase_ms" in s for s in steps):
+        res["phase_ms"] = {k: sum(s["phase_ms"][k] for s in steps) / len(steps) for k in steps[0]["phase_ms"]}
+    return res
+
+
+def run_pytorch(args, data, work, name, setting, method, steps, skip):
+    log = os.path.join(work, name + ".out")
+    rc, rss, _ = run_measured([sys.executable, __file__, "--worker", method, "--setting", setting, "--data", data,
+                               "--tokenizer", args.tokenizer, "--steps", str(steps), "--skip", str(skip),
+                               "--batch-size", str(SETTINGS[setting]["batch_size"]), "--max-seq-len",
+                               str(args.max_seq_len), "--threads", str(args.threads), "--seed", str(args.seed)], log)
+    if rc != 0:
+        sys.exit(f"error: {name} failed (exit {rc}); its output is in {log}")
+    return dict(json.loads(open(log).read().strip().splitlines()[-1]), peak_rss_mib=rss)
+
+
+def bench_setting(args, setting, work, alpaca):
+    st = SETTINGS[setting]
+    steps, skip = args.steps or st["steps"], args.skip if args.skip is not None else st["skip"]
+    shape, batch = shape_of(setting), st["batch_size"]
+    data = os.path.join(work, f"{setting}.json")
+    records = dense_texts(alpaca, args.tokenizer, args.max_seq_len, 4 * batch) if setting == "dense" \
+        else alpaca[: args.records]
     json.dump(records, open(data, "w"))
-    cfg = {"init": SHAPE, "tokenizer": args.tokenizer, "exits": "all", "data": {
-        "train": data, "format": "alpaca", "max_seq_len": args.max_seq_len},
-        "train": {"batch_size": args.batch_size, "lr": 2e-5, "max_steps": args.steps, "seed": args.seed,
-                  "warmup_ratio": 0.0}, "log": {"every": 1}, "save": {"every": 0}}
-    cfg_path = os.path.join(work, "bench.json")
+    cfg = {"init": shape, "tokenizer": args.tokenizer, "exits": "all", "data": {
+        "train": data, "format": st["format"], "max_seq_len": args.max_seq_len},
+        "train": {"batch_size": batch, "lr": 2e-5, "max_steps": steps, "seed": args.seed, "warmup_ratio": 0.0},
+        "log": {"every": 1}, "save": {"every": 0}}
+    cfg_path = os.path.join(work, f"{setting}-config.json")
     json.dump(cfg, open(cfg_path, "w"), indent=1)
 
-    rows = []
-    runs = [("sortedllama", "sft"), ("sortedllama", "soft"), ("pytorch", "sft"), ("pytorch", "soft")]
+    impls = [("sortedllama", args.bin), ("pytorch", None)]
+    if args.baseline_bin:
+        impls.insert(1, ("sortedllama-baseline", args.baseline_bin))
+    runs = {}  # (impl, method) -> one result per repeat
+    for rep in range(args.repeat):
+        for method in ("sft", "soft"):
+            for impl, bin_path in impls:
+                name = f"{setting}-{impl}-{method}-{rep}"
+                print(f"== {name}: {steps} steps (the first {skip} untimed)", file=sys.stderr, flush=True)
+                res = run_pytorch(args, data, work, name, setting, method, steps, skip) if bin_path is None \
+                    else run_sortedllama(args, bin_path, cfg_path, work, name, method, skip)
+                runs.setdefault((impl, method), []).append(res)
     if args.scaling:  # data parallel on this machine: 2 Gloo ranks, replicated and sharded optimizer
-        runs += [("sortedllama-2ranks", "soft"), ("sortedllama-2ranks-zero2", "soft")]
-    for impl, method in runs:
-        log = os.path.join(work, f"{impl}-{method}.out")
-        print(f"== {impl} {method}: {args.steps} steps (the first {args.skip} untimed)", file=sys.stderr, flush=True)
-        if impl.startswith("sortedllama"):
-            out_dir = os.path.join(work, f"{impl}-{method}")
-            cmd = [args.bin, "--threads", str(args.threads), "finetune"]
-            if impl != "sortedllama":  # ranks share the cores; wait4 reports the largest rank's peak RSS
-                cmd = [args.bin, "--threads", str(max(1, args.threads // 2)), "launch", "--nproc", "2", "--",
-                       "finetune", "--set", f"dist.zero_stage={2 if impl.endswith('zero2') else 0}"]
-            rc, rss, wall = run_measured(cmd + ["--config", cfg_path, "--set", f"method={method}",
-                                                "--set", f"out_dir={out_dir}"], log)
-            steps = [json.loads(l) for l in open(os.path.join(out_dir, "metrics.jsonl"))]
-            steps = [s for s in steps if s.get("type") == "train" and s["step"] > args.skip]
-            ms = sum(s["ms_per_step"] for s in steps)
-            tok = sum(s["tokens"] for s in steps)
-            res = {"tokens_per_s": tok / (ms / 1000), "ms_per_step": ms / len(steps), "tokens_per_step": tok / len(steps)}
-        else:
-            rc, rss, wall = run_measured([sys.executable, __file__, "--worker", method, "--data", data,
-                                          "--tokenizer", args.tokenizer, "--steps", str(args.steps),
-                                          "--skip", str(args.skip), "--batch-size", str(args.batch_size),
-                                          "--max-seq-len", str(args.max_seq_len), "--threads", str(args.threads),
-                                          "--seed", str(args.seed)], log)
-            res = json.loads(open(log).read().strip().splitlines()[-1]) if rc == 0 else {}
-        if rc != 0:
-            sys.exit(f"error: {impl} {method} failed (exit {rc}); its output is in {log}")
-        rows.append({"impl": impl, "method": method, "peak_rss_mib": round(rss, 1), "wall_s": round(wall, 1),
-                     **{k: round(v, 2) for k, v in res.items()}})
+        for impl, zero in (("sortedllama-2ranks", 0), ("sortedllama-2ranks-zero2", 2)):
+            runs[(impl, "soft")] = [run_sortedllama(args, args.bin, cfg_path, work, f"{setting}-{impl}", "soft", skip,
+                                                    ("--set", f"dist.zero_stage={zero}"))]
 
-    by = {(r["impl"], r["method"]): r for r in rows}
-    base = by[("pytorch", "sft")]
-    for r in rows:
-        r["speed_vs_pytorch_sft"] = round(r["tokens_per_s"] / base["tokens_per_s"], 3)
-        own_sft = by[("pytorch" if r["impl"] == "pytorch" else "sortedllama", "sft")]
-        r["rss_vs_same_impl_sft"] = round(r["peak_rss_mib"] / own_sft["peak_rss_mib"], 3)
-    # What SoFT's extra heads should cost: matrix FLOPs per step (forward + backward = 3x forward) of
-    # the trunk over every token and of one head (or 8) over the labelled positions. Both
-    # implementations see the same batches, so the PyTorch worker's token counts serve for both.
-    c = SHAPE
-    D, I, L, V = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["vocab_size"]
-    layer = D * D * (2 + 2 * c["num_key_value_heads"] / c["num_attention_heads"]) + 3 * D * I
-    trunk = 6 * L * layer * base["tokens_per_step"]
-    head = 6 * D * V * base["targets_per_step"]
+    # Model FLOPs per step from the PyTorch runs' token counts (both see batches of the same kind).
+    py = runs[("pytorch", "sft")]
+    tokens, targets = median([r["tokens_per_step"] for r in py]), median([r["targets_per_step"] for r in py])
+    L = shape["num_hidden_layers"]
+    products = {m: matrix_products(shape, batch, tokens, targets, L if m == "soft" else 1) for m in ("sft", "soft")}
+    print(f"== {setting}: GEMMs of one step's shapes", file=sys.stderr, flush=True)
+    gemm_log = os.path.join(work, f"{setting}-gemm.out")
+    rc, _, _ = run_measured([sys.executable, __file__, "--gemm", "--products", json.dumps(products["soft"]),
+                             "--tokenizer", args.tokenizer, "--threads", str(args.threads)], gemm_log)
+    if rc != 0:
+        sys.exit(f"error: the GEMM timing failed (exit {rc}); its output is in {gemm_log}")
+    gemm_s = json.loads(open(gemm_log).read().strip().splitlines()[-1])
+    flops = {m: sum(n * product_flops(k, d) for n, k, d in p) for m, p in products.items()}
+    gemm_gflops = {m: flops[m] / sum(n * gemm_s[f"{k}:{list(d)}"] for n, k, d in p) / 1e9 for m, p in products.items()}
+
+    rows = []
+    for (impl, method), rs in runs.items():
+        ms = median([r["ms_per_step"] for r in rs])
+        achieved = flops[method] / (ms / 1000) / 1e9 * median([r["tokens_per_step"] for r in rs]) / tokens
+        row = {"impl": impl, "method": method, "runs": len(rs),
+               "tokens_per_s": round(median([r["tokens_per_s"] for r in rs]), 1), "ms_per_step": round(ms, 1),
+               "peak_rss_mib": round(median([r["peak_rss_mib"] for r in rs]), 1),
+               "model_gflop_per_step": round(flops[method] / 1e9, 1), "achieved_gflops": round(achieved, 1),
+               "gemm_gflops_same_shapes": round(gemm_gflops[method], 1),
+               "fraction_of_gemm_speed": round(achieved / gemm_gflops[method], 3)}
+        if all("phase_ms" in r for r in rs):
+            row["phase_ms"] = {k: round(median([r["phase_ms"][k] for r in rs]), 1) for k in rs[0]["phase_ms"]}
+        rows.append(row)
+
+    def paired(a, b, key="tokens_per_s"):  # median over repeats of the ratio within each interleaved pair
+        return round(median([x[key] / y[key] for x, y in zip(runs[a], runs[b])]), 3)
+
     summary = {
-        "soft_over_sft_matrix_flops": round((trunk + L * head) / (trunk + head), 3),
-        "sortedllama_soft_over_sft_step_time": round(by[("sortedllama", "soft")]["ms_per_step"]
-                                                     / by[("sortedllama", "sft")]["ms_per_step"], 3),
-        "sortedllama_vs_pytorch_speed_sft": round(by[("sortedllama", "sft")]["tokens_per_s"] / base["tokens_per_s"], 3),
-        "sortedllama_vs_pytorch_speed_soft": round(by[("sortedllama", "soft")]["tokens_per_s"]
-                                                   / by[("pytorch", "soft")]["tokens_per_s"], 3),
-        "sortedllama_soft_rss_over_sft": by[("sortedllama", "soft")]["rss_vs_same_impl_sft"],
-        "pytorch_soft_rss_over_sft": by[("pytorch", "soft")]["rss_vs_same_impl_sft"],
+        "sortedllama_vs_pytorch_speed_sft": paired(("sortedllama", "sft"), ("pytorch", "sft")),
+        "sortedllama_vs_pytorch_speed_soft": paired(("sortedllama", "soft"), ("pytorch", "soft")),
+        "soft_over_sft_matrix_flops": round(flops["soft"] / flops["sft"], 3),
+        "sortedllama_soft_over_sft_step_time": paired(("sortedllama", "soft"), ("sortedllama", "sft"), "ms_per_step"),
+        "pytorch_soft_over_sft_step_time": paired(("pytorch", "soft"), ("pytorch", "sft"), "ms_per_step"),
+        "sortedllama_soft_rss_over_sft": paired(("sortedllama", "soft"), ("sortedllama", "sft"), "peak_rss_mib"),
+        "pytorch_soft_rss_over_sft": paired(("pytorch", "soft"), ("pytorch", "sft"), "peak_rss_mib"),
     }
+    if args.baseline_bin:
+        for m in ("sft", "soft"):
+            summary[f"sortedllama_vs_baseline_speed_{m}"] = paired(("sortedllama", m), ("sortedllama-baseline", m))
+            summary[f"baseline_vs_pytorch_speed_{m}"] = paired(("sortedllama-baseline", m), ("pytorch", m))
     if args.scaling:
-        one = by[("sortedllama", "soft")]
+        one = runs[("sortedllama", "soft")][-1]
         for impl in ("sortedllama-2ranks", "sortedllama-2ranks-zero2"):
-            summary[f"{impl}_speed_vs_1_process"] = round(by[(impl, "soft")]["tokens_per_s"] / one["tokens_per_s"], 3)
-            summary[f"{impl}_rss_per_rank_vs_1_process"] = round(by[(impl, "soft")]["peak_rss_mib"] / one["peak_rss_mib"], 3)
-    result = {"benchmark": "finetune", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(args.bin, args.threads),
-              "model": SHAPE, "setup": {"batch_size": args.batch_size, "max_seq_len": args.max_seq_len,
-                                        "steps": args.steps, "untimed_steps": args.skip, "threads": args.threads,
-                                        "data": args.alpaca, "records": args.records, "exits_soft": "all 8",
-                                        "tokenizer": args.tokenizer},
-              "rows": rows, "summary": summary}
-    json.dump(result, open(os.path.join(args.out, "finetune.json"), "w"), indent=2)
+            r = runs[(impl, "soft")][0]
+            summary[f"{impl}_speed_vs_1_process"] = round(r["tokens_per_s"] / one["tokens_per_s"], 3)
+            summary[f"{impl}_rss_per_rank_vs_1_process"] = round(r["peak_rss_mib"] / one["peak_rss_mib"], 3)
+    setup = {"model": shape, "batch_size": batch, "max_seq_len": args.max_seq_len, "steps": steps, "untimed_steps": skip,
+             "repeat": args.repeat, "threads": args.threads, "data": st["format"], "exits_soft": f"all {L}",
+             "tokens_per_step": tokens, "targets_per_step": targets}
+    return {"setting": setting, "setup": setup, "rows": rows, "summary": summary}
 
-    head = f"{'impl':<24} {'method':<6} {'tokens/s':>9} {'ms/step':>8} {'x pytorch sft':>13} {'peak RSS MiB':>12} {'x own SFT':>9}"
-    lines = [head] + [f"{r['impl']:<24} {r['method']:<6} {r['tokens_per_s']:>9.1f} {r['ms_per_step']:>8.0f} "
-                      f"{r['speed_vs_pytorch_sft']:>13.2f} {r['peak_rss_mib']:>12.0f} {r['rss_vs_same_impl_sft']:>9.2f}"
-                      for r in rows]
+
+def markdown(result):
     m = result["machine"]
     md = ["# Fine-tuning throughput and peak memory", "",
           f"{result['date']}: {m['cpu']}, {m['cores']} cores, {m['mem_gib']} GiB, {m['os']}; {m['sortedllama']};"
           f" load average at start {m['load_avg_at_start']:.2f}.", "",
-          f"Model: LLaMA-shaped, {SHAPE['num_hidden_layers']} layers, dim {SHAPE['hidden_size']}, vocab "
-          f"{SHAPE['vocab_size']}, random init. Alpaca (first {args.records} records), batch {args.batch_size}, "
-          f"max_seq_len {args.max_seq_len}, {args.steps - args.skip} timed steps after {args.skip}. SoFT: all 8 exits.",
-          "", "```", *lines, "```", "", "Summary: " + json.dumps(summary)]
-    open(os.path.join(args.out, "finetune.md"), "w").write("\n".join(md) + "\n")
-    print("\n".join(lines))
-    print(json.dumps(summary))
-    print(f"written: {args.out}/finetune.json, {args.out}/finetune.md", file=sys.stderr)
+          "Each (implementation, method) ran in its own process, interleaved with the others, `repeat` times: "
+          "medians, and for ratios the median of the ratios within each interleaved round. Model FLOPs: the "
+          "matrix products of one step (forward + both gradients; heads on labelled positions only). GEMM "
+          "speed: the same products timed alone with torch.mm/bmm in the same run. Phases (sortedllama, ms per "
+          "step): from metrics.jsonl `phase_ms`."]
+    for s in result["settings"]:
+        u = s["setup"]
+        md += ["", f"## {s['setting']}: {u['data']} data, batch {u['batch_size']}, max_seq_len {u['max_seq_len']}, "
+                   f"{u['model']['num_attention_heads']} heads / {u['model']['num_key_value_heads']} KV heads, "
+                   f"{u['tokens_per_step']:.0f} tokens and {u['targets_per_step']:.0f} targets per step, "
+                   f"{u['steps'] - u['untimed_steps']} timed steps after {u['untimed_steps']}, {u['repeat']} rounds",
+               "", "```",
+               f"{'impl':<24} {'method':<6} {'tokens/s':>9} {'ms/step':>8} {'RSS MiB':>8} {'GFLOP/step':>10} "
+               f"{'GFLOP/s':>8} {'GEMM GFLOP/s':>12} {'of GEMM':>7}"]
+        for r in s["rows"]:
+            md.append(f"{r['impl']:<24} {r['method']:<6} {r['tokens_per_s']:>9.1f} {r['ms_per_step']:>8.0f} "
+                      f"{r['peak_rss_mib']:>8.0f} {r['model_gflop_per_step']:>10.1f} {r['achieved_gflops']:>8.1f} "
+                      f"{r['gemm_gflops_same_shapes']:>12.1f} {r['fraction_of_gemm_speed']:>7.2f}")
+        md.append("```")
+        phased = [r for r in s["rows"] if "phase_ms" in r]
+        if phased:
+            keys = list(phased[0]["phase_ms"])
+            md += ["", "Where a sortedllama step's time goes (ms):", "", "```",
+                   f"{'impl':<24} {'method':<6} " + " ".join(f"{k:>14}" for k in keys)]
+            md += [f"{r['impl']:<24} {r['method']:<6} " + " ".join(f"{r['phase_ms'][k]:>14.0f}" for k in keys)
+                   for r in phased]
+            md.append("```")
+        md += ["", "Summary: " + json.dumps(s["summary"])]
+    return "\n".join(md) + "\n"
+
+
+def driver(args):
+    os.makedirs(args.out, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="sortedllama-bench-ft-")
+    alpaca = json.load(open(args.alpaca))
+    result = {"benchmark": "finetune", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(args.bin, args.threads),
+              "settings": [bench_setting(args, s, work, alpaca) for s in args.settings.split(",")]}
+    json.dump(result, open(os.path.join(args.out, "finetune.json"), "w"), indent=2)
+    md = markdown(result)
+    open(os.path.join(args.out, "finetune.md"), "w").write(md)
+    print(md)
+    print(f"written: {args.out}/finetune.json, {args.out}/finetune.md (runs' output in {work})", file=sys.stderr)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--worker", choices=["sft", "soft"], help=argparse.SUPPRESS)
-    ap.add_argument("--method", help=argparse.SUPPRESS)
+    ap.add_argument("--gemm", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--products", help=argparse.SUPPRESS)
+    ap.add_argument("--setting", choices=list(SETTINGS), help=argparse.SUPPRESS)
+    ap.add_argument("--data", help=argparse.SUPPRESS)
+    ap.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--bin")
+    ap.add_argument("--baseline-bin", help="also run this sortedllama binary, interleaved (before/after)")
     ap.add_argument("--out", default="bench")
     ap.add_argument("--alpaca")
-    ap.add_argument("--data")
     ap.add_argument("--tokenizer", required=True)
+    ap.add_argument("--settings", default="dense,alpaca", help="comma-separated: " + ", ".join(SETTINGS))
     ap.add_argument("--records", type=int, default=2000)
-    ap.add_argument("--steps", type=int, default=25)
-    ap.add_argument("--skip", type=int, default=5)
-    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--steps", type=int, help="steps per run (default: per setting)")
+    ap.add_argument("--skip", type=int, help="untimed warm-up steps per run (default: per setting)")
+    ap.add_argument("--repeat", type=int, default=3, help="interleaved rounds; medians count")
     ap.add_argument("--max-seq-len", type=int, default=256)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--scaling", action="store_true", help="also SoFT on 2 local Gloo ranks (replicated, ZeRO-2)")
     args = ap.parse_args()
-    if args.steps <= args.skip:
-        ap.error("--steps must exceed --skip")
     if args.worker:
         args.method = args.worker
+        if args.steps <= args.skip:
+            ap.error("--steps must exceed --skip")
         worker(args)
+    elif args.gemm:
+        gemm_worker(args)
     else:
         for flag, v in (("--bin", args.bin), ("--alpaca", args.alpaca)):
             if not v:
                 ap.error(f"{flag} is required")
+        for name in args.settings.split(","):
+            if name not in SETTINGS:
+                ap.error(f"--settings: unknown setting {name!r}")
+            steps = args.steps or SETTINGS[name]["steps"]
+            if steps <= (args.skip if args.skip is not None else SETTINGS[name]["skip"]):
+                ap.error("--steps must exceed --skip")
         driver(args)
 
 

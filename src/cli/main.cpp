@@ -175,7 +175,8 @@ int main(int argc, char** argv) {
   // glibc malloc, tuned for tensors: blocks up to 32 MiB come from the heap and are reused, and the
   // heap is not trimmed until 1 GiB of its top is free. glibc's defaults (a threshold that moves, a
   // 128 KiB trim) hand big blocks back to the kernel and fault them in again on the next step, which
-  // made training 2-3x slower here. The loss chunks (model/objective.h) stay below the threshold.
+  // made training 2-3x slower here. The loss allocates its logits buffer once per exit
+  // (model/objective.h), so that block's size above the threshold costs one mapping, not one per chunk.
   mallopt(M_MMAP_THRESHOLD, 32 << 20);
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
   auto logger = spdlog::stderr_color_mt("sortedllama");

@@ -28,23 +28,69 @@ Batch right_padded_batch(const std::vector<LabeledSequence>& seqs, torch::Device
   return {tokens.to(device), mask.to(device), labels.to(device), targets};
 }
 
+namespace {
+// The head and cross-entropy of n normed positions as one autograd node. Forward runs a chunk of
+// positions at a time and, when gradients are wanted, turns each chunk's fp32 logits in place into
+// grad_scale * (softmax - onehot), the gradient of the scaled NLL with respect to them, which feeds
+// the two gradient GEMMs at once: no log-softmax, no second logits-sized tensor, and one fp32
+// head gradient accumulated across the chunks. Outputs: grad_scale * NLL sum (differentiable; its
+// backward hands out the gradients computed here) and the NLL sum (float64, not differentiable).
+struct FusedHeadNll : torch::autograd::Function<FusedHeadNll> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, Tensor h, Tensor w,
+                                                Tensor labels, int64_t chunk, double grad_scale) {
+    const int64_t n = h.size(0);
+    const bool want_h = grad_scale != 0 && ctx->needs_input_grad(0), want_w = grad_scale != 0 && ctx->needs_input_grad(1);
+    Tensor gh = want_h ? torch::empty_like(h) : Tensor();                                      // [n,D]
+    Tensor gw = want_w ? torch::zeros(w.sizes(), w.options().dtype(torch::kFloat32)) : Tensor();  // [V,D]
+    // One logits buffer for every chunk: allocated (and page-faulted) once per call, whatever its size.
+    Tensor buffer = torch::empty({std::min(chunk, n), w.size(0)}, w.options().dtype(torch::kFloat32));
+    double nll = 0;
+    for (int64_t s = 0; s < n; s += chunk) {
+      const int64_t m = std::min(chunk, n - s);
+      Tensor hc = h.narrow(0, s, m), lab = labels.narrow(0, s, m).unsqueeze(1);  // [m,D], [m,1]
+      Tensor logits = buffer.narrow(0, 0, m);                                     // [m,V]
+      if (w.scalar_type() == torch::kFloat32) torch::mm_out(logits, hc, w.t());
+      else logits.copy_(torch::mm(hc, w.t()));
+      Tensor target = logits.gather(1, lab), top = std::get<0>(logits.max(1, /*keepdim=*/true));
+      Tensor sum_exp = logits.sub_(top).exp_().sum(1, /*keepdim=*/true);  // logits now exp(logit - max)
+      nll += (sum_exp.log() + top - target).sum().item<double>();
+      if (!want_h && !want_w) continue;
+      logits.mul_(sum_exp.reciprocal().mul_(grad_scale)).scatter_add_(1, lab, torch::full_like(target, -grad_scale));
+      if (want_h) {
+        Tensor rows = gh.narrow(0, s, m);
+        torch::mm_out(rows, logits.to(w.scalar_type()), w);
+      }
+      if (want_w) gw.addmm_(logits.t(), hc.to(torch::kFloat32));
+    }
+    Tensor nll_t = torch::tensor(nll, torch::kFloat64);
+    ctx->mark_non_differentiable({nll_t});
+    ctx->saved_data["gh"] = gh;
+    ctx->saved_data["gw"] = gw.defined() ? gw.to(w.scalar_type()) : gw;
+    return {torch::tensor(grad_scale * nll, h.options().dtype(torch::kFloat32)), nll_t};
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    Tensor gh = ctx->saved_data["gh"].toTensor(), gw = ctx->saved_data["gw"].toTensor();
+    if (grad_out[0].item<double>() != 1.0) {  // backward() of the loss itself passes 1
+      if (gh.defined()) gh = gh * grad_out[0];
+      if (gw.defined()) gw = gw * grad_out[0];
+    }
+    return {gh, gw, Tensor(), Tensor(), Tensor()};
+  }
+};
+}  // namespace
+
 double exit_nll_sum(Llama& model, const Tensor& hidden, const Tensor& labels, int exit, int64_t chunk,
                     double grad_scale) {
-  Tensor flat_labels = labels.reshape({-1});                   // [B*T]
-  Tensor pos = flat_labels.ge(0).nonzero().squeeze(1);         // [N] labelled positions
-  Tensor flat_hidden = hidden.reshape({-1, hidden.size(-1)});  // [B*T,D]
-  double sum = 0;
-  for (int64_t s = 0; s < pos.size(0); s += chunk) {
-    Tensor p = pos.narrow(0, s, std::min(chunk, pos.size(0) - s));                      // [n]
-    Tensor logits = model->head(flat_hidden.index_select(0, p), exit).to(torch::kFloat32);  // [n,V]
-    Tensor loss = F::cross_entropy(logits, flat_labels.index_select(0, p),
-                                   F::CrossEntropyFuncOptions().reduction(torch::kSum));
-    sum += loss.item<double>();
-    if (grad_scale != 0 && loss.requires_grad()) (loss * grad_scale).backward();
-  }
-  return sum;
+  Tensor flat_labels = labels.reshape({-1});            // [B*T]
+  Tensor pos = flat_labels.ge(0).nonzero().squeeze(1);  // [N] labelled positions
+  if (pos.size(0) == 0) return 0;
+  Tensor normed = model->body->norm(hidden.reshape({-1, hidden.size(-1)}).index_select(0, pos));  // [N,D]
+  auto out = FusedHeadNll::apply(normed, model->head_weight(exit), flat_labels.index_select(0, pos), chunk, grad_scale);
+  if (grad_scale != 0 && out[0].requires_grad()) out[0].backward();
+  return out[1].item<double>();
 }
 
-int64_t default_loss_chunk(int64_t vocab_size) { return std::max<int64_t>(32, (8 << 20) / (4 * vocab_size)); }
+int64_t default_loss_chunk(int64_t vocab_size) { return std::max<int64_t>(32, (64 << 20) / (4 * vocab_size)); }
 
 }  // namespace sl

@@ -224,7 +224,7 @@ const std::vector<Key>& keys() {
          o.layer_dropout_schedule = read_choice(v, k, {"linear", "exp"}) == "linear" ? DropSchedule::kLinear : DropSchedule::kExp;
        }},
       {"train.loss_chunk", 0, "int",
-       "positions whose logits exist at once per exit; 0 = auto (about 8 MiB of fp32 logits: 65 positions for a "
+       "positions whose logits exist at once per exit; 0 = auto (about 64 MiB of fp32 logits: 524 positions for a "
        "32000-token vocabulary)",
        SL_INT(loss_chunk, R::kNonNegative)},
       {"train.skip_nonfinite", false, "bool",

@@ -1,5 +1,7 @@
 #include "sortedllama/train/loss.h"
 
+#include "sortedllama/util/stopwatch.h"
+
 namespace sl {
 
 using torch::Tensor;
@@ -65,8 +67,13 @@ std::vector<Tensor> trunk_forward(Llama& model, const Batch& b, const std::vecto
 
 std::map<int, double> multi_exit_backward(Llama& model, const Batch& batch, const std::vector<int>& exits,
                                           const std::vector<double>& weights, double norm, int64_t chunk,
-                                          bool checkpoint_activations, const Tensor& layer_keep) {
+                                          bool checkpoint_activations, const Tensor& layer_keep, StepPhases* phases) {
+  StepPhases local;
+  StepPhases& t = phases ? *phases : local;
+  Stopwatch clock;
   std::vector<Tensor> hidden = trunk_forward(model, batch, exits, checkpoint_activations, layer_keep);  // each [B,T,D]
+  t.trunk_forward += clock.ms();
+  clock.restart();
   std::map<int, double> nll;
   std::vector<Tensor> roots, root_grads;
   for (size_t e = 0; e < exits.size(); ++e) {
@@ -78,7 +85,10 @@ std::map<int, double> multi_exit_backward(Llama& model, const Batch& batch, cons
       root_grads.push_back(leaf.grad());
     }
   }
+  t.heads += clock.ms();
+  clock.restart();
   if (!roots.empty()) torch::autograd::backward(roots, root_grads);
+  t.trunk_backward += clock.ms();
   return nll;
 }
 

@@ -292,7 +292,7 @@ std::map<int, double> Trainer::train_step(const StepExits& se, const std::vector
     if (m + 1 == micro.size()) opt_->overlap_next_backward();  // reduce layers' gradients as they complete
     for (auto& [e, v] : multi_exit_backward(model_, micro[m].batch, se.exits, se.weights,
                                             se.weight_sum * (double)std::max<int64_t>(1, targets), loss_chunk_,
-                                            o_.checkpoint_activations, micro[m].layer_keep))
+                                            o_.checkpoint_activations, micro[m].layer_keep, &phases_))
       exit_nll[e] += v;
   }
   return exit_nll;
@@ -342,7 +342,10 @@ void Trainer::log_step(const StepExits& se, const StepLoss& sl, int64_t tokens, 
   metrics_ << nlohmann::json{{"type", "train"}, {"step", step_},        {"epoch", epoch_f},       {"loss", sl.loss},
                              {"exit_loss", sl.per_exit}, {"exits", se.exits}, {"exit_weights", se.weights},
                              {"layers_dropped", dropped_}, {"lr", lr},    {"grad_norm", grad_norm}, {"tokens", tokens},
-                             {"tokens_per_s", tok_s}, {"ms_per_step", ms}, {"eta_s", eta}}
+                             {"tokens_per_s", tok_s}, {"ms_per_step", ms}, {"eta_s", eta},
+                             {"phase_ms", {{"data", phases_.data}, {"trunk_forward", phases_.trunk_forward},
+                                           {"heads", phases_.heads}, {"trunk_backward", phases_.trunk_backward},
+                                           {"optimizer", phases_.optimizer}}}}
                   .dump()
            << "\n"
            << std::flush;
@@ -400,14 +403,18 @@ FinetuneResult Trainer::run() {
       return result;
     }
     const Stopwatch clock;
+    phases_ = StepPhases{};
     const StepExits se = exits_for_step();
     int64_t targets = 0, tokens = 0;
     const std::vector<MicroBatch> micro = micro_batches(&targets, &tokens);
+    phases_.data = clock.ms();
     const StepLoss loss = reduce_step_loss(se, train_step(se, micro, targets), targets);
     const double lr = lr_at(step_, sched_.total, sched_.warmup, o_.lr, o_.min_lr_ratio);
+    const Stopwatch update;
     const double grad_norm = opt_->reduce_and_clip(o_.clip);
     if (accept_finite(loss, grad_norm)) opt_->apply(lr);
     opt_->zero_grad();
+    phases_.optimizer = update.ms();
     ++step_;
     if (lead() && dist_->world() > 1 && !told_buckets) {
       spdlog::info("gradient reduction: {} buckets of at most {} MiB, {} started during the backward pass",

@@ -105,6 +105,31 @@ TEST(ModelReference, PerExitNllAndSoftLossGradient) {
   }
 }
 
+// The fused chunked loss (gradients of the logits formed in place from their softmax) against the
+// naive path: the whole batch's logits, log_softmax + NLL, one autograd backward.
+TEST(ModelReference, FusedLossEqualsNaiveLogSoftmaxNll) {
+  const auto& r = reference();
+  Tensor labels = next_token_labels(r.tokens, r.mask);
+  const double scale = 0.37;
+  sl::Llama naive = sl::load_model(ref_dir());
+  Tensor naive_leaf = naive->forward(r.tokens, {3}, r.mask)[0].detach().requires_grad_(true);
+  Tensor logits = naive->head(naive_leaf, 3);
+  Tensor loss = torch::nll_loss(logits.reshape({-1, logits.size(-1)}).log_softmax(-1), labels.reshape({-1}), {},
+                                at::Reduction::Sum, sl::kIgnoreLabel);
+  (loss * scale).backward();
+  for (int64_t chunk : {1, 4, 1000}) {
+    sl::Llama m = sl::load_model(ref_dir());
+    Tensor leaf = m->forward(r.tokens, {3}, r.mask)[0].detach().requires_grad_(true);
+    EXPECT_NEAR(sl::exit_nll_sum(m, leaf, labels, 3, chunk, scale), loss.item<double>(), 1e-4) << "chunk " << chunk;
+    EXPECT_LT(sl_test::max_abs_diff(leaf.grad(), naive_leaf.grad()), 1e-6) << "chunk " << chunk;
+    for (const char* name : {"lm_head.weight", "model.norm.weight"})
+      EXPECT_LT(sl_test::max_abs_diff(m->named_parameters()[name].grad(), naive->named_parameters()[name].grad()), 1e-6)
+          << name << ", chunk " << chunk;
+    torch::NoGradGuard no_grad;  // without gradients (evaluation) the same sum
+    EXPECT_NEAR(sl::exit_nll_sum(m, leaf.detach(), labels, 3, chunk), loss.item<double>(), 1e-4) << "chunk " << chunk;
+  }
+}
+
 TEST(ModelReference, EvalLmMatchesReferenceNllForAnUnpaddedSequence) {
   const auto& r = reference();
   sl::Llama m = sl::load_model(ref_dir());

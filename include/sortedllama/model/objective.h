@@ -33,14 +33,16 @@ Batch right_padded_batch(const std::vector<LabeledSequence>& seqs, torch::Device
 
 // Sum of sub-model `exit`'s next-token NLL over the positions with labels >= 0; hidden [B,T,D]
 // (the residual stream after layer `exit`), labels [B,T]. When grad_scale != 0 and the loss has
-// a graph (the head or hidden requires grad), each chunk's loss * grad_scale is back-propagated at
-// once, so gradients reach the head and hidden without all logits existing together.
+// a graph (the head or hidden requires grad), loss * grad_scale is back-propagated: the gradient
+// of each chunk's logits is formed in place from its softmax while the chunk is computed, so
+// gradients reach the head and hidden without all logits, or a log-softmax, ever existing.
 double exit_nll_sum(Llama& model, const torch::Tensor& hidden, const torch::Tensor& labels, int exit,
                     int64_t chunk, double grad_scale = 0);
 
-// Positions per chunk that keep one chunk's fp32 logits near 8 MiB (65 for a 32000-token
-// vocabulary): the logits, their softmax and their gradient are then reused heap blocks rather
-// than fresh page-faulted mappings.
+// Positions per chunk that keep one chunk's fp32 logits near 64 MiB (524 for a 32000-token
+// vocabulary): the head's gradient GEMMs then have enough rows to keep every thread busy (with a
+// few dozen rows the one over the vocabulary ran far below GEMM speed), and the logits, softmax and
+// gradient share one buffer per exit_nll_sum call.
 int64_t default_loss_chunk(int64_t vocab_size);
 
 }  // namespace sl

@@ -92,6 +92,7 @@ class Trainer {
   std::vector<double> weights_;
   std::vector<double> drop_rates_;  // per layer, training only
   std::vector<int64_t> dropped_;    // this step: sequences of the global batch that skipped each layer
+  StepPhases phases_;               // this step's time per phase
   std::vector<std::pair<std::string, torch::Tensor>> trainable_;
   std::vector<Example> train_, valid_;
   Schedule sched_;
