@@ -4,8 +4,8 @@
 #include <setjmp.h>
 #include <signal.h>
 
-#include <cstdlib>
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <set>
 #include <thread>
@@ -179,8 +179,9 @@ std::string version_string() {
   if (const char* forced = getenv("OPENBLAS_CORETYPE"); kernel.empty() && forced)
     kernel = std::string("kernel set by OPENBLAS_CORETYPE=") + forced;
   return std::string("sortedllama ") + SORTEDLLAMA_VERSION + " (libtorch " + TORCH_VERSION + ", BLAS: " +
-         blas_description() + (kernel.empty() ? "" : "; " + kernel) + ", " + std::to_string(torch::get_num_threads()) + " threads, OpenMP wait " +
-         (wait.empty() ? "default" : wait) + ", " + device + ")";
+         blas_description() + (kernel.empty() ? "" : "; " + kernel) + ", " +
+         std::to_string(torch::get_num_threads()) + " threads, OpenMP wait " + (wait.empty() ? "default" : wait) + ", " +
+         device + ")";
 }
 
 }  // namespace sl
