@@ -85,6 +85,24 @@ namespace {
 constexpr const char* kChoiceVar = "SORTEDLLAMA_BLAS_CHOICE";
 constexpr const char* kRejected = "rejected:";
 
+struct BlasChoice {
+  bool present = false, rejected = false;
+  std::string chosen, detected;
+};
+
+BlasChoice blas_choice() {
+  BlasChoice b;
+  const char* var = getenv(kChoiceVar);
+  if (!var) return b;
+  std::string c = var;
+  b.present = true;
+  b.rejected = c.rfind(kRejected, 0) == 0;
+  if (b.rejected) c = c.substr(std::string(kRejected).size());
+  b.chosen = c.substr(0, c.find('/'));
+  b.detected = c.find('/') == std::string::npos ? "" : c.substr(c.find('/') + 1);
+  return b;
+}
+
 sigjmp_buf illegal_instruction_exit;
 void on_illegal_instruction(int) { siglongjmp(illegal_instruction_exit, 1); }
 
@@ -127,19 +145,18 @@ bool blas_products_correct() {
 }
 
 bool prepare_blas_kernel() {
-  const char* choice = getenv(kChoiceVar);
-  if (choice && std::string(choice).rfind(kRejected, 0) == 0) return false;
-  if (choice) {  // this process runs the kernel sortedllama chose: keep it only if it computes right
-    const std::string c = choice, chosen = c.substr(0, c.find('/'));
+  const BlasChoice choice = blas_choice();
+  if (choice.rejected) return false;
+  if (choice.present) {  // this process runs the kernel sortedllama chose: keep it only if it computes right
     struct sigaction ill{}, old{};
     ill.sa_handler = on_illegal_instruction;
     sigaction(SIGILL, &ill, &old);
     volatile bool ok = false;  // volatile: read after a jump back from the signal handler
-    if (sigsetjmp(illegal_instruction_exit, 1) == 0) ok = blas_core_name() == chosen && blas_products_correct();
+    if (sigsetjmp(illegal_instruction_exit, 1) == 0) ok = blas_core_name() == choice.chosen && blas_products_correct();
     sigaction(SIGILL, &old, nullptr);
     if (ok) return false;
     unsetenv("OPENBLAS_CORETYPE");
-    setenv(kChoiceVar, (kRejected + c).c_str(), 1);
+    setenv(kChoiceVar, (kRejected + choice.chosen + "/" + choice.detected).c_str(), 1);
     return true;
   }
   if (getenv("OPENBLAS_CORETYPE")) return false;  // the user's choice
@@ -151,18 +168,11 @@ bool prepare_blas_kernel() {
 }
 
 std::string blas_kernel_note() {
-  const char* choice = getenv(kChoiceVar);
-  if (choice) {
-    std::string c = choice;
-    const bool rejected = c.rfind(kRejected, 0) == 0;
-    if (rejected) c = c.substr(std::string(kRejected).size());
-    const std::string chosen = c.substr(0, c.find('/')), detected = c.substr(c.find('/') + 1);
-    if (rejected)
-      return "kernel " + chosen + " failed its check on this CPU, so OpenBLAS's own " + detected + " is in use";
-    if (blas_core_name() != chosen) return "";  // the restart that would apply it did not happen
-    return "kernel " + chosen + " chosen by sortedllama over OpenBLAS's " + detected + ", results checked on this CPU";
-  }
-  return "";
+  const BlasChoice c = blas_choice();
+  if (c.rejected)
+    return "kernel " + c.chosen + " failed its check on this CPU, so OpenBLAS's own " + c.detected + " is in use";
+  if (!c.present || blas_core_name() != c.chosen) return "";  // not chosen, or the restart did not happen
+  return "kernel " + c.chosen + " chosen by sortedllama over OpenBLAS's " + c.detected + ", results checked on this CPU";
 }
 
 int init_threads(int n) {
