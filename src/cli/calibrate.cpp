@@ -2,7 +2,6 @@
 // agreement with the full model (eval/calibrate.h says what it covers), stored as the decoding
 // profile of the checkpoint's config.json, which generate --dynamic and eval --decode dynamic use.
 #include <chrono>
-#include <iostream>
 
 #include <spdlog/spdlog.h>
 
@@ -120,13 +119,7 @@ void run_calibrate(const CalibrateArgs& a, const CLI::App& cmd, const GlobalOpti
     if (k < L) o.exits.push_back(k);
   o.eos_id = m.model->config().eos_id;
   o.vocab_limit = m.tokenizer->vocab_size();
-  std::vector<std::vector<int>> ids;
-  size_t longest = 0;
-  for (const auto& t : texts) {
-    ids.push_back(m.tokenizer->encode(t, /*bos=*/true));
-    longest = std::max(longest, ids.back().size());
-  }
-  check_kv_cache_fits(m.model, std::min<int64_t>(a.batch_size, (int64_t)ids.size()), (int64_t)longest, a.new_tokens);
+  const std::vector<std::vector<int>> ids = encode_prompts(texts, m, a.batch_size, a.new_tokens);
 
   Calibration r;
   try {
@@ -174,22 +167,14 @@ void run_calibrate(const CalibrateArgs& a, const CLI::App& cmd, const GlobalOpti
       {"version", std::string("sortedllama ") + SORTEDLLAMA_VERSION},
       {"date", iso_date_utc()},
       {"total_time_seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count()}};
-  if (!a.out.empty()) write_file_atomic(a.out, result.dump(2) + "\n");
-  if (a.json) std::cout << result.dump(2) << "\n";
-  else std::cout << table(r, a, L);
+  emit_results(result, a.out, a.json, table(r, a, L));
 }
 }  // namespace
 
 void add_calibrate_command(CLI::App& app, const GlobalOptions& g) {
   auto a = std::make_shared<CalibrateArgs>();
   CLI::App* cmd = app.add_subcommand("calibrate", "choose dynamic early-exit thresholds with a guaranteed agreement with the full model");
-  cmd->add_option("--model", a->model, "HF model directory (its config.json receives the decoding profile)")
-      ->required()
-      ->check(CLI::ExistingDirectory);
-  cmd->add_option("--tokenizer", a->tokenizer, "sentencepiece model (default: MODEL/tokenizer.model)");
-  cmd->add_option("--prompts", a->prompts, "calibration prompts: .jsonl with {\"prompt\": ...}, else one per line")
-      ->required()
-      ->check(CLI::ExistingFile);
+  add_profile_source_options(cmd, a->model, a->tokenizer, a->prompts);
   cmd->add_option("--agreement", a->agreement, "target agreement with the full model's greedy output, in (0, 1)");
   cmd->add_option("--confidence", a->confidence, "probability of meeting the target, in (0, 1)");
   cmd->add_option("--new-tokens", a->new_tokens, "max new tokens per prompt (the guarantee holds for this budget)")

@@ -31,7 +31,7 @@ struct EvalArgs {
   int draft_layer = 0, draft_tokens = 0;
   double draft_confidence = 0;
   std::string thresholds, confidence = "max_prob";
-  bool confidence_given = false;
+  bool confidence_given = false, exits_given = false, draft_tokens_given = false, draft_confidence_given = false;
   // triviaqa
   int64_t num_fewshot = 0;
   bool add_bos = false;
@@ -140,6 +140,13 @@ TaskResult run_task(const EvalArgs& a, const GlobalOptions& g) {
     o.draft_layer = a.draft_layer;
     o.draft_tokens = a.draft_tokens;
     o.draft_confidence = a.draft_confidence;
+    if (o.decode == DecodeMode::kSpeculative && !a.exits_given) {  // explicit --exits: one row per draft exit
+      const SpeculativeParams p = choose_speculative(
+          {a.draft_layer, a.draft_tokens, a.draft_confidence, a.draft_tokens_given, a.draft_confidence_given}, true, m, a.model);
+      o.draft_layer = p.draft_layer;
+      o.draft_tokens = p.draft_tokens;
+      o.draft_confidence = p.draft_confidence;
+    }
     if (o.decode == DecodeMode::kDynamic) {
       const DynamicParams d = choose_dynamic(a.thresholds, a.confidence, a.confidence_given, m, a.model);
       o.thresholds = d.thresholds;
@@ -271,7 +278,8 @@ void add_eval_command(CLI::App& app, const GlobalOptions& g) {
   cmd->add_option("--exits", a->exits, "exit set: auto | all | 4,8,12");
   cmd->add_option("--decode", a->decode, "generation (triviaqa, instruct): exit (each exit's sub-model) | full | speculative (one row per draft "
                   "layer) | dynamic; the last two add the full model as baseline (speedup, agree_full)");
-  cmd->add_option("--draft-layer", a->draft_layer, "speculative: the drafting sub-model (default: every exit)")
+  cmd->add_option("--draft-layer", a->draft_layer, "speculative: the drafting sub-model (default: the model's tuned profile (sortedllama tune) unless --exits is "
+                  "given, else every exit)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--draft-tokens", a->draft_tokens, "speculative: drafts per round (0 = adaptive)")
       ->check(CLI::NonNegativeNumber);
@@ -313,6 +321,9 @@ void add_eval_command(CLI::App& app, const GlobalOptions& g) {
   cmd->add_option("--label", a->label, "plot: this run's legend name");
   cmd->callback([a, cmd, &g] {
     a->confidence_given = cmd->count("--confidence") > 0;
+    a->exits_given = cmd->count("--exits") > 0;
+    a->draft_tokens_given = cmd->count("--draft-tokens") > 0;
+    a->draft_confidence_given = cmd->count("--draft-confidence") > 0;
     run_eval(*a, g, recorded_options(*cmd));
   });
 }

@@ -12,7 +12,8 @@ namespace sl {
 namespace {
 struct GenerateArgs {
   std::string model, tokenizer, prompt, prompt_file;
-  bool prompt_given = false, exit_layer_given = false, draft_layer_given = false, thresholds_given = false,
+  bool prompt_given = false, exit_layer_given = false, draft_layer_given = false, draft_tokens_given = false,
+       draft_confidence_given = false, thresholds_given = false,
        confidence_given = false;
   int exit_layer = 0;
   int64_t max_new_tokens = 256, batch_size = 8, top_k = 0;
@@ -100,9 +101,9 @@ DecodeOptions plan_options(const GenerateArgs& a, const LoadedModel& m) {
   opt.seed = parse_u64(a.seed, "--seed");
   opt.eos_id = cfg.eos_id;
   opt.sampling.vocab_limit = m.tokenizer->vocab_size();
-  opt.speculative.draft_layer = a.draft_layer;
-  opt.speculative.draft_tokens = a.draft_tokens;
-  opt.speculative.draft_confidence = a.draft_confidence;
+  if (a.speculative)
+    opt.speculative = choose_speculative({a.draft_layer, a.draft_tokens, a.draft_confidence, a.draft_tokens_given, a.draft_confidence_given},
+                                         !a.exit_layer_given || a.exit_layer == cfg.n_layers, m, a.model);
   if (a.dynamic) opt.dynamic = choose_dynamic(a.thresholds, a.confidence, a.confidence_given, m, a.model);
   return opt.resolved((int)cfg.n_layers);
 }
@@ -229,7 +230,7 @@ void add_generate_command(CLI::App& app, const GlobalOptions& g) {
                              "self-speculative decoding: sub-model --draft-layer drafts, the full model (or --exit-layer) verifies");
   auto* dyn = cmd->add_flag("--dynamic", a->dynamic, "instance-aware early exit: each token leaves at the first confident exit");
   spec->excludes(dyn);
-  cmd->add_option("--draft-layer", a->draft_layer, "speculative: layers of the drafting sub-model (default: the first auto exit)")->needs(spec);
+  cmd->add_option("--draft-layer", a->draft_layer, "speculative: layers of the drafting sub-model (default: the model's tuned profile (sortedllama tune), else the first auto exit)")->needs(spec);
   cmd->add_option("--draft-tokens", a->draft_tokens, "speculative: tokens drafted per round (0 = adaptive, from 4)")
       ->check(CLI::NonNegativeNumber)
       ->needs(spec);
@@ -250,6 +251,8 @@ void add_generate_command(CLI::App& app, const GlobalOptions& g) {
     a->prompt_given = cmd->count("--prompt") > 0;
     a->exit_layer_given = cmd->count("--exit-layer") > 0;
     a->draft_layer_given = cmd->count("--draft-layer") > 0;
+    a->draft_tokens_given = cmd->count("--draft-tokens") > 0;
+    a->draft_confidence_given = cmd->count("--draft-confidence") > 0;
     a->thresholds_given = cmd->count("--thresholds") > 0;
     a->confidence_given = cmd->count("--confidence") > 0;
     run_generate(*a, g);

@@ -15,6 +15,7 @@
 #include "cli.h"
 #include "sortedllama/data/records.h"
 #include "sortedllama/io/checkpoint.h"
+#include "sortedllama/util/files.h"
 #include "sortedllama/util/runtime.h"
 
 namespace sl {
@@ -99,6 +100,61 @@ DynamicParams choose_dynamic(const std::string& thresholds, const std::string& c
   return p;
 }
 
+SpeculativeParams choose_speculative(const SpeculativeChoice& given, bool full_verifier, const LoadedModel& m,
+                                     const std::string& model_dir) {
+  SpeculativeParams p;
+  p.draft_layer = given.draft_layer;
+  p.draft_tokens = given.draft_tokens;
+  p.draft_confidence = given.draft_confidence;
+  const auto& profile = m.model->config().speculative_profile;
+  if (given.draft_layer > 0 || !profile) return p;
+  if (!full_verifier) {
+    spdlog::info("speculative: {}/config.json's tuned profile is for the full model as verifier: using the defaults", model_dir);
+    return p;
+  }
+  p.draft_layer = profile->draft_layer;
+  if (!given.tokens_given) p.draft_tokens = profile->draft_tokens;
+  if (!given.confidence_given) p.draft_confidence = profile->draft_confidence;
+  const nlohmann::json& t = profile->tuned;
+  spdlog::info("speculative: draft layer {}, {} from the tuned profile in {}/config.json{}", p.draft_layer,
+               p.draft_confidence > 0 ? fmt::format("confidence-stopped at {}", p.draft_confidence)
+               : p.draft_tokens > 0   ? fmt::format("{} drafts per round", p.draft_tokens)
+                                      : std::string("adaptive length"),
+               model_dir,
+               t.is_object() && t.contains("measured_end_to_end")
+                   ? fmt::format(" (measured {:.2f}x at batch {})", t["measured_end_to_end"].get<double>(), profile->batch_size)
+                   : std::string());
+  return p;
+}
+
+void add_profile_source_options(CLI::App* cmd, std::string& model, std::string& tokenizer, std::string& prompts) {
+  cmd->add_option("--model", model, "HF model directory (its config.json receives the decoding profile)")
+      ->required()
+      ->check(CLI::ExistingDirectory);
+  cmd->add_option("--tokenizer", tokenizer, "sentencepiece model (default: MODEL/tokenizer.model)");
+  cmd->add_option("--prompts", prompts, "calibration prompts: .jsonl with {\"prompt\": ...}, else one per line")
+      ->required()
+      ->check(CLI::ExistingFile);
+}
+
+std::vector<std::vector<int>> encode_prompts(const std::vector<std::string>& texts, const LoadedModel& m, int64_t batch_size,
+                                             int64_t extra_positions) {
+  std::vector<std::vector<int>> ids;
+  size_t longest = 0;
+  for (const auto& t : texts) {
+    ids.push_back(m.tokenizer->encode(t, /*bos=*/true));
+    longest = std::max(longest, ids.back().size());
+  }
+  check_kv_cache_fits(m.model, std::min<int64_t>(batch_size, (int64_t)ids.size()), (int64_t)longest, extra_positions);
+  return ids;
+}
+
+void emit_results(const nlohmann::ordered_json& result, const std::string& out, bool json, const std::string& table) {
+  if (!out.empty()) write_file_atomic(out, result.dump(2) + "\n");
+  if (json) std::cout << result.dump(2) << "\n";
+  else std::cout << table;
+}
+
 void check_kv_cache_fits(const Llama& model, int64_t batch, int64_t prompt_len, int64_t max_new_tokens) {
   if (!model->device().is_cpu()) return;
   const ModelConfig& cfg = model->config();
@@ -157,12 +213,13 @@ int main(int argc, char** argv) {
   // - a better OpenBLAS kernel than the one it detected, or dropping one that failed its check;
   // - libgomp's default wait policy spins idle OpenMP threads, which starves OpenBLAS's own
   //   threads: training steps took 2x as long on 2 cores. So, unless the user chose a policy, the
-  //   process runs with PASSIVE. generate and calibrate are the exception: their decoding steps run
+  //   process runs with PASSIVE. generate, calibrate and tune are the exception: their decoding steps run
   //   about a hundred short parallel regions per token on idle BLAS threads, and waking passive
   //   threads for each cost a fifth of the speed.
   bool restart = sl::prepare_blas_kernel();
   const std::string subcommand = sl::subcommand_of(argc, argv);
-  if (!getenv("OMP_WAIT_POLICY") && subcommand != "generate" && subcommand != "calibrate")
+  if (!getenv("OMP_WAIT_POLICY") && subcommand != "generate" && subcommand != "calibrate" &&
+      subcommand != "tune")
     restart = setenv("OMP_WAIT_POLICY", "PASSIVE", 1) == 0 || restart;
   if (restart) {
     char self[4096];
@@ -201,6 +258,7 @@ int main(int argc, char** argv) {
   });
   sl::add_generate_command(app, g);
   sl::add_calibrate_command(app, g);
+  sl::add_tune_command(app, g);
   sl::add_eval_command(app, g);
   sl::add_convert_command(app, g);
   sl::add_data_command(app, g);

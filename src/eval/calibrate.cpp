@@ -6,6 +6,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "sortedllama/eval/teacher_forced.h"
 #include "sortedllama/model/exits.h"
 #include "sortedllama/util/rng.h"
 
@@ -50,17 +51,6 @@ DecodeOptions greedy(const CalibrateOptions& o) {
   return d;
 }
 
-std::vector<Generation> decode_all(Llama& model, const std::vector<std::vector<int>>& prompts, const DecodeOptions& d,
-                                   int64_t batch_size, DecodeStats& stats) {
-  std::vector<Generation> out;
-  for (size_t s = 0; s < prompts.size(); s += (size_t)batch_size) {
-    const std::vector<std::vector<int>> batch(prompts.begin() + (std::ptrdiff_t)s,
-                                              prompts.begin() + (std::ptrdiff_t)std::min(prompts.size(), s + (size_t)batch_size));
-    for (auto& g : generate(model, batch, d, &stats)) out.push_back(std::move(g));
-  }
-  return out;
-}
-
 // Dynamic decoding with these thresholds over the split, against its reference.
 AgreementCheck check_agreement(Llama& model, const Split& split, const std::vector<ExitThreshold>& thresholds,
                                const CalibrateOptions& o) {
@@ -69,7 +59,7 @@ AgreementCheck check_agreement(Llama& model, const Split& split, const std::vect
   d.dynamic.thresholds = thresholds;
   d.dynamic.confidence = o.measure;
   DecodeStats st;
-  const std::vector<Generation> out = decode_all(model, split.prompts, d, o.batch_size, st);
+  const std::vector<Generation> out = generate_in_batches(model, split.prompts, d, o.batch_size, &st);
   AgreementCheck c;
   c.prompts = (int64_t)out.size();
   int64_t agreeing = 0, same = 0;
@@ -101,41 +91,19 @@ struct ExitSamples {
   std::vector<bool> agrees;
 };
 
-std::vector<ExitSamples> teacher_forced(Llama& model, const Split& split, const std::vector<int>& exits,
-                                        const CalibrateOptions& o) {
-  torch::NoGradGuard no_grad;
-  const int L = (int)model->config().n_layers;
+std::vector<ExitSamples> exit_samples(Llama& model, const Split& split, const std::vector<int>& exits, const CalibrateOptions& o) {
   std::vector<int> all = exits;
-  all.push_back(L);
+  all.push_back((int)model->config().n_layers);
   std::vector<ExitSamples> out(exits.size());
-  SamplingParams sp;
-  sp.vocab_limit = o.vocab_limit;
   for (size_t i = 0; i < split.prompts.size(); ++i) {
-    const Generation& ref = split.reference[i];
-    // Positions P-1.. predict the reference tokens, and EOS after them when it ended there.
-    const int64_t P = (int64_t)split.prompts[i].size();
-    const int64_t n = (int64_t)ref.tokens.size() + (ref.finish_reason == "eos");
-    if (n == 0) continue;
-    std::vector<int64_t> ids(split.prompts[i].begin(), split.prompts[i].end());
-    ids.insert(ids.end(), ref.tokens.begin(), ref.tokens.end());
-    Tensor tokens = torch::tensor(ids, torch::kInt64).unsqueeze(0).to(model->device());
-    const std::vector<Tensor> hidden = model->forward(tokens, all);
-    auto logits = [&](size_t e) {
-      return decodable_logits(model->head(hidden[e][0].narrow(0, P - 1, n), all[e]), sp).to(torch::kFloat32).to(torch::kCPU);
-    };
-    const Tensor full = logits(exits.size()).argmax(-1);  // [n]
-    for (size_t e = 0; e < exits.size(); ++e) {
-      const Tensor lg = logits(e);
-      const Tensor top = std::get<0>(lg.softmax(-1).topk(2, -1));  // [n,2]
-      const Tensor conf = o.measure == Confidence::kMargin ? top.select(1, 0) - top.select(1, 1) : top.select(1, 0);
-      const Tensor conf_c = conf.contiguous(), agree = lg.argmax(-1).eq(full).contiguous();
-      const auto c = conf_c.accessor<float, 1>();
-      const auto a = agree.accessor<bool, 1>();
-      for (int64_t t = 0; t < n; ++t) {
-        out[e].confidence.push_back(c[t]);
-        out[e].agrees.push_back(a[t]);
+    const std::vector<ExitPredictions> pred = teacher_forced(model, split.prompts[i], split.reference[i], all, o.vocab_limit);
+    const std::vector<int>& full = pred.back().token;
+    for (size_t e = 0; e < exits.size(); ++e)
+      for (size_t t = 0; t < full.size(); ++t) {
+        const ExitPredictions& p = pred[e];
+        out[e].confidence.push_back(o.measure == Confidence::kMargin ? p.top1[t] - p.top2[t] : p.top1[t]);
+        out[e].agrees.push_back(p.token[t] == full[t]);
       }
-    }
   }
   return out;
 }
@@ -209,14 +177,7 @@ std::vector<ExitThreshold> never_exit(const std::vector<int>& exits) {
 Calibration calibrate_dynamic(Llama& model, const std::vector<std::vector<int>>& prompts, const CalibrateOptions& opt) {
   check(opt);
   const int L = (int)model->config().n_layers;
-  if (L < 2) throw std::invalid_argument("a 1-layer model has no early exit to calibrate");
-  std::vector<int> exits = opt.exits;
-  if (exits.empty())
-    for (int k : parse_exits("auto", L))
-      if (k < L) exits.push_back(k);
-  for (size_t i = 0; i < exits.size(); ++i)
-    if (exits[i] < 1 || exits[i] >= L || (i > 0 && exits[i] <= exits[i - 1]))
-      throw std::invalid_argument("exits must increase within 1.." + std::to_string(L - 1) + " (below the last layer)");
+  const std::vector<int> exits = early_exits(opt.exits, L, "early exits");
 
   Calibration r;
   const size_t n = prompts.size();
@@ -233,10 +194,10 @@ Calibration calibrate_dynamic(Llama& model, const std::vector<std::vector<int>>&
     const int s = (int64_t)i < r.n_path ? 0 : (int64_t)i < r.n_path + r.n_test ? 1 : 2;
     split[s].prompts.push_back(prompts[perm[i]]);
   }
-  for (Split& s : split) s.reference = decode_all(model, s.prompts, greedy(opt), opt.batch_size, s.full);
+  for (Split& s : split) s.reference = generate_in_batches(model, s.prompts, greedy(opt), opt.batch_size, &s.full);
   for (const Generation& g : split[1].reference) r.test_tokens += (int64_t)g.tokens.size();
 
-  r.path = candidate_path(teacher_forced(model, split[0], exits, opt), exits, opt);
+  r.path = candidate_path(exit_samples(model, split[0], exits, opt), exits, opt);
   spdlog::info("calibrate: {} candidates from {} prompts; testing on {} prompts ({} reference tokens)", r.path.size(), r.n_path,
                r.n_test, r.test_tokens);
   const double alpha = 1 - opt.agreement, delta = 1 - opt.confidence;

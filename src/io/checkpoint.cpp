@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
 
 #include <spdlog/spdlog.h>
@@ -248,16 +249,28 @@ void require_replaceable_model_dir(const std::string& dir) {
     throw std::runtime_error("refusing to replace " + dir + ": it is not a model directory (no config.json) and would be lost");
 }
 
-void write_dynamic_profile(const std::string& dir, const DynamicProfile& profile) {
+namespace {
+// Replaces config.json's "decoding" with what `set` makes of it, keeping every other key and the
+// file's key order; the file is replaced atomically and what is written must load.
+void rewrite_decoding(const std::string& dir, const std::function<void(ModelConfig&)>& set) {
   const std::string path = dir + "/config.json";
   ModelConfig cfg = ModelConfig::from_json(read_json_file(path), path);  // names the file when it is bad
-  cfg.dynamic_profile = profile;
-  // The file's own key order and keys are kept: only "decoding" changes.
+  set(cfg);
+  cfg.validate(path);
   std::ifstream in(path);
   nlohmann::ordered_json raw = nlohmann::ordered_json::parse(in);
   raw["decoding"] = nlohmann::ordered_json::parse(cfg.to_json()["decoding"].dump());
-  ModelConfig::from_json(nlohmann::json::parse(raw.dump()), path);  // what is written must load
+  ModelConfig::from_json(nlohmann::json::parse(raw.dump()), path);
   write_file_atomic(path, raw.dump(2) + "\n");
+}
+}  // namespace
+
+void write_dynamic_profile(const std::string& dir, const DynamicProfile& profile) {
+  rewrite_decoding(dir, [&](ModelConfig& c) { c.dynamic_profile = profile; });
+}
+
+void write_speculative_profile(const std::string& dir, const SpeculativeProfile& profile) {
+  rewrite_decoding(dir, [&](ModelConfig& c) { c.speculative_profile = profile; });
 }
 
 void save_model(Llama& model, const std::string& dir, const std::string& tokenizer, torch::Dtype dtype,

@@ -1,5 +1,6 @@
 #include "sortedllama/model/config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <stdexcept>
@@ -54,19 +55,29 @@ T get_optional(const nlohmann::json& j, const char* key, T fallback, const std::
   return get_required<T>(j, key, source);
 }
 
-// "decoding": {"dynamic": {"thresholds": [{"layer": 2, "threshold": 0.9}, ...], "confidence": "max_prob",
-// "calibrated": {...}}}; the values are checked against the depth in validate().
-DynamicProfile dynamic_profile_from_json(const nlohmann::json& decoding, const std::string& source) {
-  if (!decoding.is_object())
-    throw config_error(source, std::string("key \"decoding\" has the wrong type (") + decoding.type_name() + ")");
-  for (const auto& [key, v] : decoding.items())
-    if (key != "dynamic") throw config_error(source, "unknown key \"decoding." + key + "\" (known: dynamic)");
-  if (!decoding.contains("dynamic")) throw config_error(source, "key \"decoding\" has no \"dynamic\" profile");
-  const nlohmann::json& d = decoding.at("dynamic");
-  if (!d.is_object()) throw config_error(source, std::string("key \"decoding.dynamic\" has the wrong type (") + d.type_name() + ")");
-  for (const auto& [key, v] : d.items())
-    if (key != "thresholds" && key != "confidence" && key != "calibrated")
-      throw config_error(source, "unknown key \"decoding.dynamic." + key + "\" (known: thresholds, confidence, calibrated)");
+// Keys of an object; anything else is refused naming the key and listing the known ones.
+void only_keys(const nlohmann::json& j, const std::string& where, const std::vector<std::string>& known, const std::string& source) {
+  if (!j.is_object()) throw config_error(source, "key \"" + where + "\" has the wrong type (" + j.type_name() + ")");
+  for (const auto& [key, v] : j.items())
+    if (std::find(known.begin(), known.end(), key) == known.end()) {
+      std::string list;
+      for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
+      throw config_error(source, "unknown key \"" + where + "." + key + "\" (known: " + list + ")");
+    }
+}
+
+// An optional object-valued record of how a profile was made ("calibrated", "tuned").
+nlohmann::json evidence(const nlohmann::json& d, const std::string& where, const char* key, const std::string& source) {
+  if (!d.contains(key) || d[key].is_null()) return nullptr;
+  if (!d[key].is_object())
+    throw config_error(source, "key \"" + where + "." + key + "\" has the wrong type (" + d[key].type_name() + ")");
+  return d[key];
+}
+
+// "dynamic": {"thresholds": [{"layer": 2, "threshold": 0.9}, ...], "confidence": "max_prob", "calibrated": {...}};
+// the values are checked against the depth in validate().
+DynamicProfile dynamic_profile_from_json(const nlohmann::json& d, const std::string& source) {
+  only_keys(d, "decoding.dynamic", {"thresholds", "confidence", "calibrated"}, source);
   DynamicProfile p;
   if (!d.contains("thresholds") || !d["thresholds"].is_array())
     throw config_error(source, "key \"decoding.dynamic.thresholds\" must be a list of {\"layer\", \"threshold\"}");
@@ -78,13 +89,30 @@ DynamicProfile dynamic_profile_from_json(const nlohmann::json& decoding, const s
                               t["threshold"].get<double>());
   }
   p.confidence = get_optional<std::string>(d, "confidence", p.confidence, source);
-  if (d.contains("calibrated") && !d["calibrated"].is_null()) {
-    if (!d["calibrated"].is_object())
-      throw config_error(source, std::string("key \"decoding.dynamic.calibrated\" has the wrong type (") +
-                                     d["calibrated"].type_name() + ")");
-    p.calibrated = d["calibrated"];
-  }
+  p.calibrated = evidence(d, "decoding.dynamic", "calibrated", source);
   return p;
+}
+
+// "speculative": {"draft_layer": 2, "draft_tokens": 4, "draft_confidence": 0, "batch_size": 1, "tuned": {...}};
+// the values are checked against the depth in validate().
+SpeculativeProfile speculative_profile_from_json(const nlohmann::json& d, const std::string& source) {
+  only_keys(d, "decoding.speculative", {"draft_layer", "draft_tokens", "draft_confidence", "batch_size", "tuned"}, source);
+  const std::string src = source + ": decoding.speculative";
+  SpeculativeProfile p;
+  p.draft_layer = get_required<int>(d, "draft_layer", src);
+  p.draft_tokens = get_optional<int>(d, "draft_tokens", p.draft_tokens, src);
+  p.draft_confidence = get_optional<double>(d, "draft_confidence", p.draft_confidence, src);
+  p.batch_size = get_optional<int64_t>(d, "batch_size", p.batch_size, src);
+  p.tuned = evidence(d, "decoding.speculative", "tuned", source);
+  return p;
+}
+
+// "decoding": a profile per strategy, each optional.
+void decoding_from_json(const nlohmann::json& decoding, const std::string& source, ModelConfig& c) {
+  only_keys(decoding, "decoding", {"dynamic", "speculative"}, source);
+  if (decoding.empty()) throw config_error(source, "key \"decoding\" holds no profile (known: dynamic, speculative)");
+  if (decoding.contains("dynamic")) c.dynamic_profile = dynamic_profile_from_json(decoding["dynamic"], source);
+  if (decoding.contains("speculative")) c.speculative_profile = speculative_profile_from_json(decoding["speculative"], source);
 }
 }  // namespace
 
@@ -114,7 +142,7 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& s
       throw config_error(source, std::string("key \"sortedllama.ict_exits\" has the wrong type (") + exits.type_name() + ")");
     for (const auto& e : exits) c.ict_exits.push_back(exact_integer<int>(e, "an entry of sortedllama.ict_exits", source));
   }
-  if (j.contains("decoding") && !j["decoding"].is_null()) c.dynamic_profile = dynamic_profile_from_json(j["decoding"], source);
+  if (j.contains("decoding") && !j["decoding"].is_null()) decoding_from_json(j["decoding"], source, c);
   c.validate(source);
   return c;
 }
@@ -167,6 +195,16 @@ void ModelConfig::validate(const std::string& source) const {
     if (dynamic_profile->confidence != "max_prob" && dynamic_profile->confidence != "margin")
       throw config_error(source, "decoding.dynamic.confidence \"" + dynamic_profile->confidence + "\" is not max_prob or margin");
   }
+  if (speculative_profile) {
+    const SpeculativeProfile& p = *speculative_profile;
+    if (p.draft_layer < 1 || p.draft_layer >= n_layers)
+      throw config_error(source, "decoding.speculative.draft_layer " + std::to_string(p.draft_layer) + " is not in 1.." +
+                                     std::to_string(n_layers - 1) + " (a sub-model below the full one)");
+    if (p.draft_tokens < 0) throw config_error(source, "decoding.speculative.draft_tokens must be >= 0 (0 = adaptive)");
+    if (!(p.draft_confidence >= 0 && p.draft_confidence < 1))
+      throw config_error(source, "decoding.speculative.draft_confidence must be in [0, 1) (0 = no confidence stop)");
+    if (p.batch_size < 1) throw config_error(source, "decoding.speculative.batch_size must be at least 1");
+  }
 }
 
 nlohmann::json ModelConfig::to_json() const {
@@ -200,6 +238,13 @@ nlohmann::json ModelConfig::to_json() const {
     nlohmann::json& d = j["decoding"]["dynamic"];
     d = {{"thresholds", t}, {"confidence", dynamic_profile->confidence}};
     if (!dynamic_profile->calibrated.is_null()) d["calibrated"] = dynamic_profile->calibrated;
+  }
+  if (speculative_profile) {
+    const SpeculativeProfile& p = *speculative_profile;
+    nlohmann::json& d = j["decoding"]["speculative"];
+    d = {{"draft_layer", p.draft_layer}, {"draft_tokens", p.draft_tokens}, {"draft_confidence", p.draft_confidence},
+         {"batch_size", p.batch_size}};
+    if (!p.tuned.is_null()) d["tuned"] = p.tuned;
   }
   return j;
 }

@@ -52,4 +52,16 @@ std::string format_exits(const std::vector<int>& exits) {
   return s;
 }
 
+std::vector<int> early_exits(const std::vector<int>& given, int n_layers, const std::string& what) {
+  std::vector<int> k = given;
+  if (k.empty())
+    for (int e : parse_exits("auto", n_layers))
+      if (e < n_layers) k.push_back(e);
+  for (size_t i = 0; i < k.size(); ++i)
+    if (k[i] < 1 || k[i] >= n_layers || (i > 0 && k[i] <= k[i - 1]))
+      throw std::invalid_argument(what + " must increase within 1.." + std::to_string(n_layers - 1) + " (below the last layer)");
+  if (k.empty()) throw std::invalid_argument("a 1-layer model has no " + what);
+  return k;
+}
+
 }  // namespace sl

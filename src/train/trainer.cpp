@@ -91,8 +91,10 @@ void Trainer::load_or_init_model() {
     model_ = load_model(resume_dir_, device_, dtype_);
   } else if (!o_.model.empty()) {
     model_ = load_model(o_.model, device_, dtype_);
-    if (model_->config().dynamic_profile && lead()) spdlog::info("{}: its calibrated decoding profile is not kept (training changes the weights)", o_.model);
-    model_->drop_dynamic_profile();
+    const ModelConfig& c = model_->config();
+    if ((c.dynamic_profile || c.speculative_profile) && lead())
+      spdlog::info("{}: its decoding profiles are not kept (training changes the weights they were measured on)", o_.model);
+    model_->drop_decoding_profiles();
   } else {
     model_ = Llama(ModelConfig::from_json(o_.init, "config key \"init\""));
     model_->init_weights(0.02, o_.seed);

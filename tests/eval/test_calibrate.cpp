@@ -173,5 +173,17 @@ TEST(DecodingProfile, BadProfilesNameTheKey) {
   EXPECT_NE(error_of({{"dynamic", {{"thresholds", {t(2, 0.9)}}, {"threshold", 1}}}}).find("decoding.dynamic.threshold\""),
             std::string::npos);
   EXPECT_NE(error_of({{"speculative", {}}}).find("decoding.speculative"), std::string::npos);
+  EXPECT_NE(error_of({{"speculative", {{"draft_layer", 4}}}}).find("decoding.speculative.draft_layer 4 is not in 1..3"),
+            std::string::npos);
+  EXPECT_NE(error_of({{"speculative", {{"draft_tokens", 3}}}}).find("\"draft_layer\""), std::string::npos);
+  EXPECT_NE(error_of({{"speculative", {{"draft_layer", 2}, {"draft_confidence", 1.0}}}}).find("draft_confidence"),
+            std::string::npos);
+  EXPECT_NE(error_of({{"speculative", {{"draft_layer", 2}, {"draft_tokens", -1}}}}).find("draft_tokens"), std::string::npos);
+  EXPECT_NE(error_of({{"speculative", {{"draft_layer", 2}, {"draft_length", 3}}}}).find("decoding.speculative.draft_length"),
+            std::string::npos);
+  EXPECT_NE(error_of({{"speculative", {{"draft_layer", 2}, {"tuned", 3}}}}).find("decoding.speculative.tuned"), std::string::npos);
+  EXPECT_NE(error_of(nlohmann::json::object()).find("holds no profile"), std::string::npos);
+  EXPECT_NE(error_of({{"static", 1}}).find("unknown key \"decoding.static\""), std::string::npos);
   EXPECT_EQ(error_of({{"dynamic", {{"thresholds", {t(2, 0.9)}}}}}), "no error");
+  EXPECT_EQ(error_of({{"speculative", {{"draft_layer", 2}, {"draft_tokens", 0}, {"draft_confidence", 0.5}}}}), "no error");
 }

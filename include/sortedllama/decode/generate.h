@@ -22,6 +22,10 @@ namespace sl {
 std::vector<Generation> generate(Llama& model, const std::vector<std::vector<int>>& prompts, const DecodeOptions& opt,
                                  DecodeStats* stats = nullptr);
 
+// generate() over consecutive batches of at most batch_size prompts; outputs in prompt order.
+std::vector<Generation> generate_in_batches(Llama& model, const std::vector<std::vector<int>>& prompts,
+                                            const DecodeOptions& opt, int64_t batch_size, DecodeStats* stats = nullptr);
+
 // The loop of plain decoding with sub-model `exit`, from a cache that already holds the batch's
 // prompts: logits [B,V] predict each running row's next token. Writes out[batch.rows[r]]; adds
 // the new tokens and the decoding time to stats. Uses opt's stop rule and sampling.

@@ -64,9 +64,10 @@ void write_model_files(Llama& model, const std::string& dir, const std::string& 
 // there replaces it whole, and nothing else the user had may be lost that way.
 void require_replaceable_model_dir(const std::string& dir);
 
-// Sets (or replaces) the decoding profile in DIR/config.json, keeping every other key as it was;
-// the file is replaced atomically and must still parse as this model's config.
+// Set (or replace) one decoding profile in DIR/config.json, keeping the other profile and every
+// other key as they were; the file is replaced atomically and must still parse as this model's config.
 void write_dynamic_profile(const std::string& dir, const DynamicProfile& profile);
+void write_speculative_profile(const std::string& dir, const SpeculativeProfile& profile);
 
 // write_dir_atomically (util/files.h) + write_model_files, after require_replaceable_model_dir.
 void save_model(Llama& model, const std::string& dir, const std::string& tokenizer,

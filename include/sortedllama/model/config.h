@@ -19,6 +19,17 @@ struct DynamicProfile {
   nlohmann::json calibrated;                       // "calibrated": what the guarantee is and how it was measured; null = none
 };
 
+// config.json "decoding": {"speculative": {...}}: the self-speculative settings `sortedllama tune`
+// measured fastest with the full model verifying, which generate --speculative and eval --decode
+// speculative use when no draft layer is given.
+struct SpeculativeProfile {
+  int draft_layer = 0;          // "draft_layer": the drafting sub-model, below the last layer
+  int draft_tokens = 0;         // "draft_tokens": per round; 0 = adaptive (or the cap of confidence-stopped drafting)
+  double draft_confidence = 0;  // "draft_confidence": > 0 = confidence-stopped drafting
+  int64_t batch_size = 1;       // "batch_size": the batch it was tuned for
+  nlohmann::json tuned;         // "tuned": predicted and measured speed-ups and how they were measured; null = none
+};
+
 struct ModelConfig {
   int64_t dim = 0;          // hidden_size
   int64_t hidden_dim = 0;   // intermediate_size (SwiGLU width)
@@ -33,7 +44,8 @@ struct ModelConfig {
   int64_t bos_id = 1, eos_id = 2;
   std::string torch_dtype = "float32";
   std::vector<int> ict_exits;  // SFT+ICT: exits with their own trained head (sortedllama.ict_exits)
-  std::optional<DynamicProfile> dynamic_profile;  // decoding.dynamic
+  std::optional<DynamicProfile> dynamic_profile;          // decoding.dynamic
+  std::optional<SpeculativeProfile> speculative_profile;  // decoding.speculative
 
   int64_t head_dim() const { return dim / n_heads; }
 

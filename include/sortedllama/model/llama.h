@@ -103,8 +103,11 @@ class LlamaImpl : public torch::nn::Module {
  public:
   explicit LlamaImpl(const ModelConfig& cfg);
   const ModelConfig& config() const { return cfg_; }
-  // Calibrated thresholds hold for the weights they were measured on: training drops them.
-  void drop_dynamic_profile() { cfg_.dynamic_profile.reset(); }
+  // Decoding profiles hold for the weights they were measured on: training drops them.
+  void drop_decoding_profiles() {
+    cfg_.dynamic_profile.reset();
+    cfg_.speculative_profile.reset();
+  }
 
   // HF's initialisation for training from scratch: N(0, std^2) matrices, unit norms.
   void init_weights(double std, uint64_t seed);
