@@ -56,6 +56,38 @@ def auto_exits(n_layers):
     return exits
 
 
+def jsonl_prompts(path, limit, out):
+    """Alpaca-style records ({instruction, input}) as prompts in the Stanford template, {"prompt"}
+    records as they are; records with reference outputs longest answer first (a 3-token answer
+    leaves a speculative round nothing to accept); at most `limit`. Returns the written file."""
+    rows = [json.loads(l) for l in open(path) if l.strip()]
+    rows = sorted(rows, key=lambda r: -len(r.get("output", "")))[:limit]
+    with open(out, "w") as f:
+        for r in rows:
+            p = r["prompt"] if "prompt" in r else (ALPACA_INPUT if r.get("input") else ALPACA_NO_INPUT).format(**r)
+            f.write(json.dumps({"prompt": p}) + "\n")
+    return out
+
+
+def tuned_mode(args):
+    """sortedllama tune on the --tune-prompts (not the measured prompts), config.json left alone:
+    its chosen setting as a speculative row, with the tune's own figures."""
+    prompts = args.tune_prompts
+    if prompts.endswith(".jsonl"):
+        prompts = jsonl_prompts(prompts, args.limit, os.path.join(args.out, "tune_prompts.jsonl"))
+    cmd = [args.bin, "--threads", str(args.threads), "tune", "--model", args.model, "--prompts", prompts,
+           "--new-tokens", str(args.max_new_tokens), "--no-write", "--json"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        sys.exit("failed: " + " ".join(cmd) + "\n" + res.stderr)
+    c = json.loads(res.stdout)["chosen"]
+    extra = ["--speculative", "--draft-layer", str(c["draft_layer"]), "--draft-tokens", str(c["draft_tokens"])]
+    if c["draft_confidence"] > 0:
+        extra += ["--draft-confidence", str(c["draft_confidence"])]
+    tuned = {k: c[k] for k in ("predicted_speedup", "measured_speedup", "measured_end_to_end")}
+    return ("speculative", f"tuned: draft layer {c['draft_layer']}, {c['rule']}", extra), tuned
+
+
 def run_mode(args, prompt_file, extra, max_new_tokens=None):
     cmd = [args.bin, "--threads", str(args.threads), "generate", "--model", args.model, "--prompt-file", prompt_file, "--json",
            "--batch-size", "1", "--max-new-tokens", str(max_new_tokens or args.max_new_tokens)] + extra
@@ -134,6 +166,8 @@ def main():
     ap.add_argument("--prompts", help="one prompt per line, or .jsonl of {prompt} or Alpaca {instruction, input} "
                                       "records (default: 16 built-in prompts)")
     ap.add_argument("--limit", type=int, default=32, help="at most this many .jsonl prompts")
+    ap.add_argument("--tune-prompts", help="also a speculative row with what `sortedllama tune` chooses on these prompts "
+                                           "(held out from --prompts; .jsonl as --prompts, or one per line)")
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=3, help="runs per mode; the fastest counts")
     ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = one per core); small models "
@@ -144,27 +178,20 @@ def main():
         n_layers = json.load(f)["num_hidden_layers"]
     prompt_file = args.prompts
     if prompt_file and prompt_file.endswith(".jsonl"):
-        # Alpaca-style records ({instruction, input}) become prompts in the Stanford template;
-        # {"prompt"} records pass through; --limit keeps N.
-        rows = [json.loads(l) for l in open(prompt_file) if l.strip()]
-        # Records with reference outputs: the longest answers first (a 3-token answer leaves a
-        # speculative round nothing to accept).
-        rows = sorted(rows, key=lambda r: -len(r.get("output", "")))[: args.limit]
-        prompt_file = os.path.join(args.out, "bench_prompts.jsonl")
-        with open(prompt_file, "w") as f:
-            for r in rows:
-                p = r["prompt"] if "prompt" in r else (ALPACA_INPUT if r.get("input") else ALPACA_NO_INPUT).format(**r)
-                f.write(json.dumps({"prompt": p}) + "\n")
+        prompt_file = jsonl_prompts(prompt_file, args.limit, os.path.join(args.out, "bench_prompts.jsonl"))
     elif not prompt_file:
         prompt_file = os.path.join(args.out, "bench_prompts.txt")
         with open(prompt_file, "w") as f:
             f.write("\n".join(p.replace("\n", " ") for p in DEFAULT_PROMPTS) + "\n")
-
     exits = [k for k in auto_exits(n_layers) if k < n_layers]
     modes = [("full", f"{n_layers} layers", [])]
     modes += [("exit", f"{k} layer" + ("s" if k > 1 else ""), ["--exit-layer", str(k)]) for k in exits]
     modes += [("speculative", f"draft layer {k}", ["--speculative", "--draft-layer", str(k)]) for k in exits]
     modes += [("dynamic", "default thresholds", ["--dynamic"])]
+    tuned = None
+    if args.tune_prompts:
+        mode, tuned = tuned_mode(args)
+        modes.append(mode)
 
     run_mode(args, prompt_file, [], 8)  # warm-up: page in the weights, spin up threads
     # Every mode --repeat times, round-robin, so that a slow spell of the machine hits all modes
@@ -188,6 +215,8 @@ def main():
         s.update(mode=kind, setting=label, args=extra)
         if kind == "dynamic":
             s["thresholds"] = rows[0]["stats"]["thresholds"]
+        if label.startswith("tuned"):
+            s["tune"] = tuned
         results.append(s)
         print(f"{kind:12s} {label:20s} {s['ms_per_token']:8.3f} ms/token  {s['speedup']:5.2f}x  "
               f"(decode {s['decode_speedup']:5.2f}x)", file=sys.stderr)

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The paper's Table 2 for one checkpoint on this machine: full decoding, each static exit,
-# self-speculative decoding with each draft layer, dynamic early exit with the default thresholds.
+# self-speculative decoding with each draft layer, dynamic early exit with the default thresholds,
+# and (with --tune-prompts FILE) the speculative setting `sortedllama tune` chooses on other prompts.
 # Columns: ms/token, speedup against full decoding measured in the same run, acceptance rate,
 # agreement with the full model's outputs. Writes bench/decoding.json and bench/decoding.md.
 #
-#   scripts/bench_decoding.sh [MODEL_DIR] [--max-new-tokens N] [--prompts FILE] [--out DIR]
+#   scripts/bench_decoding.sh [MODEL_DIR] [--max-new-tokens N] [--prompts FILE] [--tune-prompts FILE] [--out DIR]
 #   scripts/bench_decoding.sh --vs-llama2c [--pairs N] [--new-tokens N] [--threads 1,2] [--batches 8,32]
 #                             [--shapes 110M,15M] [--out DIR]
 #
@@ -16,7 +17,8 @@
 # MODEL_DIR should be a SoFT checkpoint (build/sortedllama finetune --config FILE): only sub-models
 # trained to be good make speculative drafts accepted and early exits confident. Without one the
 # script uses the embedded default's SoFT model (runs/demo/soft/final, trained by scripts/demo.sh
-# on CPU when it is missing) and the demo's held-out questions as prompts.
+# on CPU when it is missing), the demo's held-out questions as prompts and its validation questions
+# to tune on.
 # SORTEDLLAMA=path/to/binary overrides the binary (default: build/sortedllama).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -53,6 +55,7 @@ if [ -z "$MODEL" ]; then
     "$ROOT/scripts/demo.sh" >&2
   fi
   if [[ " ${ARGS[*]-} " != *" --prompts "* ]]; then ARGS+=(--prompts "$ROOT/runs/demo/data/test.jsonl"); fi
+  if [[ " ${ARGS[*]-} " != *" --tune-prompts "* ]]; then ARGS+=(--tune-prompts "$ROOT/runs/demo/data/valid.jsonl"); fi
 fi
 [ -f "$MODEL/config.json" ] || { echo "error: $MODEL has no config.json" >&2; exit 1; }
 

@@ -1,11 +1,13 @@
-# scripts/bench_decoding.sh on a real model: every mode runs, the table and JSON have their columns,
+# scripts/bench_decoding.sh on a real model: every mode runs (the tuned one too), the table and JSON have their columns,
 # and speculative decoding (exact by construction) agrees with full decoding token for token.
 source "$(dirname "$0")/../cli_lib.sh"
 M=$WORK/stories
 "$BIN" convert --from llama2c --input "$SHARED/models/stories260K/stories260K.bin" \
   --tokenizer "$SHARED/models/stories260K/tok512.model" --out "$M" 2>/dev/null
 printf 'Tom had a dog\nThe sky\n' >"$WORK/p.txt"
-SORTEDLLAMA=$BIN "$SRC/scripts/bench_decoding.sh" "$M" --prompts "$WORK/p.txt" --max-new-tokens 24 --threads 1 --repeat 2 \
+printf 'Lily saw a cat\nOnce upon a time\nThe big tree\n' >"$WORK/tune.txt"
+SORTEDLLAMA=$BIN "$SRC/scripts/bench_decoding.sh" "$M" --prompts "$WORK/p.txt" --tune-prompts "$WORK/tune.txt" \
+  --max-new-tokens 24 --threads 1 --repeat 2 \
   --out "$WORK/bench" >"$WORK/table" 2>"$WORK/err" || { cat "$WORK/err" >&2; fail "bench_decoding.sh failed"; }
 grep -q "| speculative | draft layer 1 |" "$WORK/table" || fail "no speculative row: $(cat "$WORK/table")"
 grep -q "1 threads" "$WORK/bench/decoding.md" || fail "the machine line does not show the threads used"
@@ -15,7 +17,9 @@ d = json.load(open(sys.argv[1]))
 assert d["repeat"] == 2, d
 modes = [(r["mode"], r["setting"]) for r in d["results"]]
 assert ("full", "5 layers") in modes and ("dynamic", "default thresholds") in modes, modes
-assert sum(m == "exit" for m, _ in modes) == 4 and sum(m == "speculative" for m, _ in modes) == 4, modes
+assert sum(m == "exit" for m, _ in modes) == 4 and sum(m == "speculative" for m, _ in modes) == 5, modes
+tuned = [r for r in d["results"] if r["setting"].startswith("tuned: draft layer ")]
+assert len(tuned) == 1 and tuned[0]["tune"]["measured_end_to_end"] > 0, tuned
 for r in d["results"]:
     for k in ("ms_per_token", "speedup", "decode_ms_per_token", "decode_speedup", "agreement", "exact_match"):
         assert k in r and r[k] >= 0, (k, r)
