@@ -11,9 +11,10 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
+
+from bench_machine import machine
 
 DEFAULT_PROMPTS = [
     "Once upon a time, there was a little girl named",
@@ -144,20 +145,6 @@ def summarise(rows, full):
     return out
 
 
-def machine(args):
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    version = subprocess.run([args.bin, "--threads", str(args.threads), "--version"], capture_output=True, text=True).stdout.strip()
-    return {"nproc": os.cpu_count(), "cpu": cpu, "sortedllama": version, "kernel": platform.release()}
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True)
@@ -221,7 +208,7 @@ def main():
         print(f"{kind:12s} {label:20s} {s['ms_per_token']:8.3f} ms/token  {s['speedup']:5.2f}x  "
               f"(decode {s['decode_speedup']:5.2f}x)", file=sys.stderr)
 
-    info = {"date": datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(args),
+    info = {"date": datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(args.bin, args.threads),
             "model": os.path.abspath(args.model), "n_layers": n_layers, "prompts": prompt_file,
             "max_new_tokens": args.max_new_tokens, "repeat": args.repeat, "decoding": "greedy, batch size 1",
             "results": results}
@@ -229,7 +216,7 @@ def main():
         json.dump(info, f, indent=2)
 
     lines = [f"# Decoding speed: {os.path.basename(os.path.abspath(args.model))} ({n_layers} layers)", "",
-             f"{info['date']}; {info['machine']['cpu']}, {info['machine']['nproc']} cores; "
+             f"{info['date']}; {info['machine']['cpu']}, {info['machine']['cores']} cores; "
              f"{info['machine']['sortedllama']}", "",
              f"Greedy, batch size 1, {len(full)} prompts, up to {args.max_new_tokens} new tokens each; "
              f"each mode run {args.repeat} times (round-robin), the fastest kept. "

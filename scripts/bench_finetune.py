@@ -22,12 +22,13 @@ import argparse
 import json
 import math
 import os
-import platform
 import random
 import subprocess
 import sys
 import tempfile
 import time
+
+from bench_machine import machine
 
 BASE_SHAPE = {  # LLaMA-shaped, small enough for a CPU: 8 layers, dim 256, LLaMA 2 vocabulary
     "model_type": "llama", "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 8,
@@ -221,14 +222,6 @@ def run_measured(cmd, stdout_path):
         proc = subprocess.Popen(cmd, stdout=out, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
     return os.waitstatus_to_exitcode(status), usage.ru_maxrss / 1024.0, time.perf_counter() - t0
-
-
-def machine(bin_path, threads):
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    mem = next((int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
-    version = subprocess.run([bin_path, "--threads", str(threads), "--version"], capture_output=True, text=True).stdout.strip()
-    return {"cpu": cpu, "cores": os.cpu_count(), "mem_gib": round(mem / 2**20, 1),
-            "os": platform.platform(), "sortedllama": version, "load_avg_at_start": os.getloadavg()[0]}
 
 
 def dense_texts(alpaca, tokenizer, min_tokens, count):

@@ -10,11 +10,12 @@ Driver of scripts/bench_recipes.sh; run that.
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import time
+
+from bench_machine import machine
 
 RECIPES = ["soft", "layerskip", "lite", "anchored"]
 RECOMMENDED = "anchored"
@@ -40,17 +41,6 @@ def write_jsonl(path, records):
     with open(path, "w") as f:
         for r in records:
             f.write(json.dumps(r) + "\n")
-
-
-def machine(binary):
-    cpu = "?"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    version = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.strip()
-    return {"cpu": cpu, "cores": os.cpu_count(), "os": platform.platform(), "sortedllama": version}
 
 
 def runs_to_do(args):

@@ -12,13 +12,14 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import struct
 import subprocess
 import sys
 
 import numpy as np
+
+from bench_machine import machine
 
 SHAPES = {  # name: dim, hidden, layers, heads, kv heads, vocab
     "110M": (768, 2048, 12, 12, 12, 32000),
@@ -88,12 +89,6 @@ def interleaved(a, b, pairs):
     return xs, ys
 
 
-def machine(args):
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    version = run([args.bin, "--version"]).stdout.strip()
-    return {"cpu": cpu, "nproc": os.cpu_count(), "kernel": platform.release(), "sortedllama": version}
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True)
@@ -137,7 +132,7 @@ def main():
                       f"{statistics.median(one):.1f}, ratio {ratio:.2f}x", flush=True)
 
     info = {"benchmark": "decode_vs_llama2c", "date": datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": machine(args), "new_tokens": args.new_tokens, "pairs": args.pairs, "batch1": rows,
+            "machine": machine(args.bin), "new_tokens": args.new_tokens, "pairs": args.pairs, "batch1": rows,
             "batched": batched}
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "decode_vs_llama2c.json.tmp"), "w") as f:
@@ -145,7 +140,7 @@ def main():
     os.replace(os.path.join(args.out, "decode_vs_llama2c.json.tmp"), os.path.join(args.out, "decode_vs_llama2c.json"))
     m = info["machine"]
     md = ["# Decode speed against llama2.c", "",
-          f"{info['date']}; {m['cpu']}, {m['nproc']} cores; {m['sortedllama']}", "",
+          f"{info['date']}; {m['cpu']}, {m['cores']} cores; {m['sortedllama']}", "",
           f"Random weights, greedy, fp32, {args.new_tokens} new tokens, the same weights in both programs "
           f"(`scripts/bench_decoding.sh --vs-llama2c`). Runs interleaved (llama2.c, sortedllama, ...), "
           f"{args.pairs} pairs; the ratio is the median of the pairs' ratios.", "",
