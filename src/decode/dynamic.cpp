@@ -17,6 +17,7 @@
 // discarded; the K/V they cache are exactly the copied state's); once every row has exited, the
 // remaining layers only append K/V. The prompt runs through every layer.
 #include <cmath>
+#include <limits>
 
 #include "sortedllama/util/stopwatch.h"
 #include "strategies.h"
@@ -26,6 +27,43 @@ namespace sl {
 using torch::Tensor;
 
 namespace {
+// Exit test of one row of logits (fp32, the decodable ids only): whether the exit's confidence at
+// temperature 1 reaches `threshold` (<= 0: always) and the argmax; the confidence too when it
+// leaves and `want_confidence`. One pass finds the two largest logits; then the softmax
+// denominator s = sum exp(l - max) stops as soon as s rules the threshold out, since
+// top-1 = 1/s and top-1 - top-2 = (1 - e2)/s with e2 = exp(second - max).
+struct ExitTest {
+  bool leaves = false;
+  double confidence = 0;
+  int64_t argmax = 0;
+};
+
+ExitTest test_exit(const float* l, int64_t V, Confidence measure, double threshold, bool want_confidence) {
+  ExitTest t;
+  float m1 = l[0], m2 = -std::numeric_limits<float>::infinity();
+  for (int64_t v = 1; v < V; ++v) {
+    if (l[v] > m1) {
+      m2 = m1;
+      m1 = l[v];
+      t.argmax = v;
+    } else if (l[v] > m2) {
+      m2 = l[v];
+    }
+  }
+  t.leaves = threshold <= 0;
+  if (t.leaves && !want_confidence) return t;
+  const double numerator = measure == Confidence::kMargin ? 1 - std::exp((double)m2 - (double)m1) : 1.0;
+  const double most = t.leaves ? std::numeric_limits<double>::infinity() : numerator / threshold;
+  double s = 0;
+  for (int64_t v = 0; v < V; ++v) {
+    s += std::exp((double)l[v] - (double)m1);
+    if (s > most) return t;
+  }
+  t.leaves = true;
+  t.confidence = numerator / s;
+  return t;
+}
+
 // One position's exit decisions for every running row.
 struct ExitDecider {
   Llama& model;
@@ -39,32 +77,43 @@ struct ExitDecider {
   ExitDecider(Llama& m, const DecodeOptions& o, const std::vector<double>& t, at::Generator& g, const std::vector<int64_t>& s)
       : model(m), opt(o), threshold(t), gen(g), seqs(s), token(s.size(), -1), exit(s.size(), 0), left((int)s.size()) {}
 
-  // Exit k's test on the running rows of x [R,D]. Returns the rows that leave here as a mask [R].
-  Tensor at_exit(int k, const Tensor& x) {
+  // Exit k's test on the running rows of x [R,D]. Returns the rows that leave here.
+  std::vector<int64_t> at_exit(int k, const Tensor& x) {
     const int64_t R = x.size(0);
     const bool last = k == (int)threshold.size() - 1;
     std::vector<int64_t> running;
     for (int64_t r = 0; r < R; ++r)
       if (!exit[r]) running.push_back(r);
-    Tensor idx = torch::tensor(running, torch::kInt64);
-    Tensor logits = model->head((int64_t)running.size() == R ? x : x.index_select(0, idx.to(x.device())), k);  // [U,V]
-    Tensor top = std::get<0>(decodable_logits(logits, opt.sampling).to(torch::kFloat32).softmax(-1).topk(2, -1)).to(torch::kCPU);  // [U,2]
-    Tensor conf = opt.dynamic.confidence == Confidence::kMargin ? top.select(1, 0) - top.select(1, 1) : top.select(1, 0);  // [U]
-    Tensor leave = last ? torch::ones_like(conf, torch::kBool) : conf >= threshold[k];  // [U]
-    Tensor sel = leave.nonzero().squeeze(1);                                            // [E] into running
-    Tensor mask = torch::zeros({R}, torch::kBool);
-    if (sel.numel() == 0) return mask;
-    Tensor chosen = (int64_t)sel.numel() == (int64_t)running.size() ? logits : logits.index_select(0, sel.to(logits.device()));
-    Tensor toks = next_tokens(chosen, opt.sampling, gen).to(torch::kCPU);  // [E]
-    for (int64_t e = 0; e < sel.numel(); ++e) {
-      const int64_t u = sel[e].item<int64_t>(), r = running[u];
-      token[r] = (int)toks[e].item<int64_t>();
-      exit[r] = k;
-      mask[r].fill_(true);
-      --left;
-      if (opt.dynamic.on_exit) opt.dynamic.on_exit(seqs[r], k, conf[u].item<double>());
+    const bool all = (int64_t)running.size() == R;
+    Tensor logits = model->head(all ? x : x.index_select(0, torch::tensor(running, torch::kInt64).to(x.device())), k);  // [U,V]
+    Tensor usable = decodable_logits(logits, opt.sampling).to(torch::kCPU, torch::kFloat32).contiguous();  // [U,V']
+    const int64_t V = usable.size(1);
+    std::vector<int64_t> leaving, picked;  // batch rows; their indices into `running`
+    std::vector<double> conf;
+    std::vector<int> best;
+    const double thr = last ? -std::numeric_limits<double>::infinity() : threshold[k];
+    for (size_t u = 0; u < running.size(); ++u) {
+      const ExitTest t = test_exit(usable.data_ptr<float>() + (int64_t)u * V, V, opt.dynamic.confidence, thr, (bool)opt.dynamic.on_exit);
+      if (!t.leaves) continue;
+      leaving.push_back(running[u]);
+      picked.push_back((int64_t)u);
+      conf.push_back(t.confidence);
+      best.push_back((int)t.argmax);
     }
-    return mask;
+    if (leaving.empty()) return leaving;
+    if (opt.sampling.temperature > 0) {
+      const Tensor sel = torch::tensor(picked, torch::kInt64).to(logits.device());
+      const Tensor toks = next_tokens(logits.index_select(0, sel), opt.sampling, gen).to(torch::kCPU).contiguous();  // [E]
+      for (size_t e = 0; e < best.size(); ++e) best[e] = (int)toks.data_ptr<int64_t>()[e];
+    }
+    for (size_t e = 0; e < leaving.size(); ++e) {
+      const int64_t r = leaving[e];
+      token[r] = best[e];
+      exit[r] = k;
+      --left;
+      if (opt.dynamic.on_exit) opt.dynamic.on_exit(seqs[r], k, conf[e]);
+    }
+    return leaving;
   }
 };
 }  // namespace
@@ -130,7 +179,15 @@ std::vector<Generation> generate_dynamic(Llama& model, const std::vector<std::ve
       const bool some_gone = d.left < R;
       x = model->layer(i, some_gone ? torch::where(gone, state, x) : x, in, &cache);
       if (!std::isnan(threshold[i + 1]) || i + 1 == L) {
-        Tensor leave = d.at_exit(i + 1, x.select(1, 0)).to(dev).view({R, 1, 1});
+        const std::vector<int64_t> leaving = d.at_exit(i + 1, x.select(1, 0));
+        if (leaving.empty()) continue;
+        if (d.left == 0 && !some_gone) {  // the whole batch leaves here together
+          state = x;
+          continue;
+        }
+        Tensor leave = torch::zeros({R, 1, 1}, torch::kBool);
+        for (int64_t r : leaving) leave[r].fill_(true);
+        leave = leave.to(dev);
         state = torch::where(leave, x, state);
         gone = gone.logical_or(leave);
       }
