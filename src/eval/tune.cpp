@@ -219,14 +219,16 @@ class Tuner {
   }
 
   // What the decoders spend beyond the calls measured alone, per plain step, draft step and round:
-  // the reference run's decoding time and one real run of the best predicted candidate (its draft
-  // and verify times apart) against their predictions.
+  // a plain run and one real run of the best predicted candidate (its draft and verify times
+  // apart) against their predictions.
   void fit_extras() {
     sort_by_prediction();
     const TunedCandidate probe = r_.candidates.front();
     const SimulatedRun& pred = probe.predicted;
     LatencyModel& m = r_.latency;
-    if (pred.plain_steps > 0) m.plain_extra_ms = (r_.plain.decode_ms - pred.plain_ms) / (double)pred.plain_steps;
+    // A second plain run: the reference run paid for the first touch of the weights and threads.
+    const DecodeStats plain = decode(model_, prompts_, greedy(o_), o_.batch_size).stats;
+    if (pred.plain_steps > 0) m.plain_extra_ms = (plain.decode_ms - pred.plain_ms) / (double)pred.plain_steps;
     const DecodeStats st = decode(model_, prompts_, speculative(o_, probe.params), o_.batch_size).stats;
     if (pred.draft_steps > 0) m.draft_extra_ms = (st.draft_ms - pred.draft_ms) / (double)pred.draft_steps;
     if (pred.batch_rounds > 0) m.round_extra_ms = (st.decode_ms - st.draft_ms - pred.verify_ms) / (double)pred.batch_rounds;

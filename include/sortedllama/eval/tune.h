@@ -12,8 +12,8 @@
 //      (fixed length N, adaptive, or confidence-stopped) and priced with the latencies:
 //        round = (N+1) (call(1) + K layer(1) + d) + N head(1)  +  call(N+1) + (L-K) layer(N+1) + head(N+1) + r
 //        plain step = call(1) + L layer(1) + head(1) + p
-//      where p, d and r, what the decoders spend beyond these calls, are fitted from the reference
-//      run and one measured speculative run (its draft and verify times apart).
+//      where p, d and r, what the decoders spend beyond these calls, are fitted from one measured
+//      plain run and one measured speculative run (its draft and verify times apart).
 //   5. Verification: the best predicted few are decoded for real, interleaved with plain decoding
 //      (A B A B), and the fastest measured end to end is chosen.
 #pragma once
