@@ -245,11 +245,11 @@ def median(xs):
     return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
 
 
-def run_sortedllama(args, bin_path, cfg_path, work, name, method, skip, extra=()):
+def run_sortedllama(args, bin_path, cfg_path, work, name, method, skip, extra=(), sets=()):
     out_dir = os.path.join(work, name)
     log = out_dir + ".out"
-    cmd = [bin_path, "--threads", str(args.threads), *extra, "finetune", "--config", cfg_path,
-           "--set", f"method={method}", "--set", f"out_dir={out_dir}"]
+    cmd = [bin_path, "--threads", str(args.threads), "finetune", "--config", cfg_path,
+           "--set", f"method={method}", "--set", f"out_dir={out_dir}", *sets]
     if extra:  # ranks share the cores; wait4 reports the largest rank's peak RSS
         cmd = [bin_path, "--threads", str(max(1, args.threads // 2)), "launch", "--nproc", "2", "--", "finetune",
                *extra, "--config", cfg_path, "--set", f"method={method}", "--set", f"out_dir={out_dir}"]
@@ -293,17 +293,19 @@ def bench_setting(args, setting, work, alpaca):
     cfg_path = os.path.join(work, f"{setting}-config.json")
     json.dump(cfg, open(cfg_path, "w"), indent=1)
 
-    impls = [("sortedllama", args.bin), ("pytorch", None)]
+    impls = [("sortedllama", args.bin, ()), ("pytorch", None, ())]
     if args.baseline_bin:
-        impls.insert(1, ("sortedllama-baseline", args.baseline_bin))
+        impls.insert(1, ("sortedllama-baseline", args.baseline_bin, ()))
+    if args.bf16:
+        impls.insert(1, ("sortedllama-bf16", args.bin, ("--set", "train.precision=bf16")))
     runs = {}  # (impl, method) -> one result per repeat
     for rep in range(args.repeat):
         for method in ("sft", "soft"):
-            for impl, bin_path in impls:
+            for impl, bin_path, sets in impls:
                 name = f"{setting}-{impl}-{method}-{rep}"
                 print(f"== {name}: {steps} steps (the first {skip} untimed)", file=sys.stderr, flush=True)
                 res = run_pytorch(args, data, work, name, setting, method, steps, skip) if bin_path is None \
-                    else run_sortedllama(args, bin_path, cfg_path, work, name, method, skip)
+                    else run_sortedllama(args, bin_path, cfg_path, work, name, method, skip, sets=sets)
                 runs.setdefault((impl, method), []).append(res)
     if args.scaling:  # data parallel on this machine: 2 Gloo ranks, replicated and sharded optimizer
         for impl, zero in (("sortedllama-2ranks", 0), ("sortedllama-2ranks-zero2", 2)):
@@ -355,6 +357,10 @@ def bench_setting(args, setting, work, alpaca):
         for m in ("sft", "soft"):
             summary[f"sortedllama_vs_baseline_speed_{m}"] = paired(("sortedllama", m), ("sortedllama-baseline", m))
             summary[f"baseline_vs_pytorch_speed_{m}"] = paired(("sortedllama-baseline", m), ("pytorch", m))
+    if args.bf16:
+        for m in ("sft", "soft"):
+            summary[f"bf16_vs_fp32_speed_{m}"] = paired(("sortedllama-bf16", m), ("sortedllama", m))
+            summary[f"bf16_vs_fp32_rss_{m}"] = paired(("sortedllama-bf16", m), ("sortedllama", m), "peak_rss_mib")
     if args.scaling:
         one = runs[("sortedllama", "soft")][-1]
         for impl in ("sortedllama-2ranks", "sortedllama-2ranks-zero2"):
@@ -426,6 +432,7 @@ def main():
     ap.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--bin")
     ap.add_argument("--baseline-bin", help="also run this sortedllama binary, interleaved (before/after)")
+    ap.add_argument("--bf16", action="store_true", help="also sortedllama with train.precision bf16 (CPU bf16 matmuls), interleaved")
     ap.add_argument("--out", default="bench")
     ap.add_argument("--alpaca")
     ap.add_argument("--tokenizer", required=True)

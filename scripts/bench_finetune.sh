@@ -8,7 +8,7 @@
 #
 #   scripts/bench_finetune.sh [--settings dense,alpaca] [--repeat N] [--steps N] [--skip N]
 #                             [--max-seq-len N] [--records N] [--threads N] [--seed N] [--scaling]
-#                             [--baseline-bin OTHER_SORTEDLLAMA] [--out DIR]
+#                             [--baseline-bin OTHER_SORTEDLLAMA] [--bf16] [--out DIR]
 #
 # Needs /usr/bin/python3 with torch and sentencepiece (scripts/setup.sh installs them).
 # SORTEDLLAMA=path/to/binary overrides the binary (default: build/sortedllama).
