@@ -27,6 +27,38 @@ Acceptance accept_greedy(const Tensor& drafts, const Tensor& verifier_tokens) {
   return a;
 }
 
+DraftSiblings choose_siblings(const Tensor& top_prob, const Tensor& ranked, int64_t M) {
+  const int64_t R = top_prob.size(0), N = top_prob.size(1);
+  TORCH_CHECK(N >= 1 && ranked.dim() == 3 && ranked.size(0) == R && ranked.size(1) == N && ranked.size(2) * N >= M,
+              "choose_siblings: top_prob [R,N] and ranked [R,N,k] need k * N >= M alternatives per row");
+  Tensor order = std::get<1>(top_prob.sort(/*stable=*/true, /*dim=*/1, /*descending=*/false));  // [R,N] least sure first
+  Tensor node = torch::arange(M);                                                          // [M]
+  Tensor at = order.index_select(1, node % N);                                             // [R,M]
+  Tensor choices = ranked.gather(1, at.unsqueeze(2).expand({R, M, ranked.size(2)}));       // [R,M,k]
+  Tensor rank = node.div(N, "floor").view({1, M, 1}).expand({R, M, 1});                  // [R,M,1]
+  Tensor tokens = choices.gather(2, rank).squeeze(2);                                      // [R,M]
+  return {at, tokens};
+}
+
+TreeAcceptance accept_greedy_tree(const Tensor& drafts, const Tensor& verifier_tokens, const DraftSiblings& siblings) {
+  const int64_t R = drafts.size(0), N = drafts.size(1), M = siblings.at.size(1);
+  TORCH_CHECK(verifier_tokens.dim() == 2 && verifier_tokens.size(1) == N + 1 + M && siblings.tokens.sizes() == siblings.at.sizes(),
+              "accept_greedy_tree: drafts [R,N] and siblings [R,M] need the verifier's N+1+M nodes");
+  TreeAcceptance a{accept_greedy(drafts, verifier_tokens.narrow(1, 0, N + 1)), std::vector<int64_t>(R, -1)};
+  auto at = siblings.at.accessor<int64_t, 2>();
+  auto tok = siblings.tokens.accessor<int64_t, 2>();
+  auto t = verifier_tokens.accessor<int64_t, 2>();
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t j = a.accepted[r];
+    for (int64_t m = 0; m < M && j < N && a.sibling[r] < 0; ++m) {
+      if (at[r][m] != j || tok[r][m] != t[r][j]) continue;
+      a.sibling[r] = m;
+      a.next[r] = t[r][N + 1 + m];
+    }
+  }
+  return a;
+}
+
 Acceptance accept_sampled(const Tensor& p, const Tensor& q, const Tensor& drafts, const Tensor& uniforms,
                           at::Generator& gen) {
   check_round(drafts, p.size(0), p.size(1), "accept_sampled");
