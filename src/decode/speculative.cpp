@@ -240,20 +240,30 @@ class SpeculativeRun {
   }
 
   // Attention inputs for the round's nodes from `first` on (chain nodes 0..N at slots n..n+N, then
-  // the M alternatives). A node sees itself and the chain nodes above it (a chain node: those
-  // before it; an alternative to draft j: nodes 0..j), besides the prefix's real slots. Rotary
-  // positions continue the prefix's at the node's depth (an alternative to draft j: draft j's).
+  // the M alternatives), in plain loops: a round's few nodes would cost dozens of tensor ops. A
+  // node sees the prefix's real slots, itself and the chain nodes above it (a chain node: those
+  // before it; an alternative to draft j: nodes 0..j). Rotary positions continue the prefix's at
+  // the node's depth (an alternative to draft j: draft j's).
   AttnInputs tree_inputs(const Draft& d, int64_t first) const {
-    const int64_t R = d.siblings.at.size(0), T = d.N + 1 + d.M;
-    Tensor prefix = batch_.key_mask.narrow(1, 0, d.n);                                            // [R,n]
-    Tensor depth = torch::cat({torch::arange(d.N + 1).expand({R, d.N + 1}), d.siblings.at + 1}, 1);  // [R,T]
-    Tensor positions = prefix.sum(1, /*keepdim=*/true).to(torch::kCPU) + depth;                  // [R,T]
-    Tensor on_chain = (torch::arange(T) <= d.N).view({1, 1, T});                                  // [1,1,T] keys
-    Tensor tree = on_chain.logical_and(depth.unsqueeze(1) < depth.unsqueeze(2))
-                      .logical_or(torch::eye(T, torch::kBool).unsqueeze(0));  // [R,T,T]: query, key
-    Tensor mask = torch::cat({prefix.to(torch::kBool).unsqueeze(1).expand({R, T, d.n}), tree.to(device())}, 2);  // [R,T,n+T]
-    return model_->attn_inputs_at(positions.narrow(1, first, T - first),
-                                  mask.narrow(1, first, T - first).unsqueeze(1));
+    const int64_t R = d.siblings.at.size(0), T = d.N + 1 + d.M, Q = T - first, S = d.n + T;
+    const Tensor prefix = batch_.key_mask.narrow(1, 0, d.n).to(torch::kCPU, torch::kBool).contiguous();  // [R,n]
+    Tensor positions = torch::empty({R, Q}, torch::kInt64), mask = torch::empty({R, 1, Q, S}, torch::kBool);
+    auto at = d.siblings.at.accessor<int64_t, 2>();
+    const bool* real = prefix.data_ptr<bool>();
+    int64_t* pos = positions.data_ptr<int64_t>();
+    bool* sees = mask.data_ptr<bool>();
+    for (int64_t r = 0; r < R; ++r) {
+      const bool* row = real + r * d.n;
+      const int64_t base = std::count(row, row + d.n, true);
+      for (int64_t q = 0; q < Q; ++q) {
+        const int64_t t = first + q, depth = t <= d.N ? t : at[r][t - d.N - 1] + 1;
+        pos[r * Q + q] = base + depth;
+        bool* keys = sees + (r * Q + q) * S;  // [S]: the prefix, then the round's nodes
+        std::copy(row, row + d.n, keys);
+        for (int64_t u = 0; u < T; ++u) keys[d.n + u] = u == t || (u <= d.N && u < depth);
+      }
+    }
+    return model_->attn_inputs_at(positions, mask);
   }
 
   // Layers K+1..target over all N+1+M nodes at once, from the draft's layer-K states; then the
