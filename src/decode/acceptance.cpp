@@ -1,5 +1,8 @@
 #include "sortedllama/decode/acceptance.h"
 
+#include <algorithm>
+#include <numeric>
+
 namespace sl {
 
 using torch::Tensor;
@@ -31,13 +34,21 @@ DraftSiblings choose_siblings(const Tensor& top_prob, const Tensor& ranked, int6
   const int64_t R = top_prob.size(0), N = top_prob.size(1);
   TORCH_CHECK(N >= 1 && ranked.dim() == 3 && ranked.size(0) == R && ranked.size(1) == N && ranked.size(2) * N >= M,
               "choose_siblings: top_prob [R,N] and ranked [R,N,k] need k * N >= M alternatives per row");
-  Tensor order = std::get<1>(top_prob.sort(/*stable=*/true, /*dim=*/1, /*descending=*/false));  // [R,N] least sure first
-  Tensor node = torch::arange(M);                                                          // [M]
-  Tensor at = order.index_select(1, node % N);                                             // [R,M]
-  Tensor choices = ranked.gather(1, at.unsqueeze(2).expand({R, M, ranked.size(2)}));       // [R,M,k]
-  Tensor rank = node.div(N, "floor").view({1, M, 1}).expand({R, M, 1});                  // [R,M,1]
-  Tensor tokens = choices.gather(2, rank).squeeze(2);                                      // [R,M]
-  return {at, tokens};
+  DraftSiblings s{torch::empty({R, M}, torch::kInt64), torch::empty({R, M}, torch::kInt64)};
+  auto p = top_prob.accessor<float, 2>();
+  auto alternative = ranked.accessor<int64_t, 3>();
+  auto at = s.at.accessor<int64_t, 2>();
+  auto tok = s.tokens.accessor<int64_t, 2>();
+  std::vector<int64_t> order(N);  // a row's positions, least sure first
+  for (int64_t r = 0; r < R; ++r) {
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return p[r][a] < p[r][b]; });
+    for (int64_t m = 0; m < M; ++m) {  // node m: the (m / N)-th alternative at the (m % N)-th least sure position
+      at[r][m] = order[m % N];
+      tok[r][m] = alternative[r][at[r][m]][m / N];
+    }
+  }
+  return s;
 }
 
 TreeAcceptance accept_greedy_tree(const Tensor& drafts, const Tensor& verifier_tokens, const DraftSiblings& siblings) {

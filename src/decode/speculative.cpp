@@ -79,16 +79,20 @@ int64_t compact(KVCache& cache, Tensor& key_mask, int64_t n, int layers) {
   return m;
 }
 
-// The draft's top probability at each row: logits [R,V] -> [R,1] fp32.
+// The draft's top probability: logits [...,V] -> [...,1] fp32.
 Tensor top_probability(const Tensor& logits, const SamplingParams& s) {
   return std::get<0>(decodable_logits(logits, s).to(torch::kFloat32).softmax(-1).max(-1, /*keepdim=*/true));
 }
 
-// The k most likely decodable tokens other than the chain's draft tok [R,1], most likely first:
-// logits [R,V] -> [R,1,k] int64.
-Tensor alternatives(const Tensor& logits, const Tensor& tok, int64_t k, const SamplingParams& s) {
-  Tensor others = decodable_logits(logits, s).scatter(1, tok, -std::numeric_limits<float>::infinity());  // [R,V']
-  return std::get<1>(others.topk(std::min(k, others.size(1) - 1), -1)).unsqueeze(1);
+// A draft tree's (up to) M alternatives per row, from the draft's logits at its N positions
+// ([R,V] each) and its drafts [R,N] (on the model's device); CPU tensors.
+DraftSiblings tree_siblings(const std::vector<Tensor>& step_logits, const Tensor& drafts, int64_t M, const SamplingParams& s) {
+  Tensor logits = torch::stack(step_logits, 1);                                                   // [R,N,V]
+  Tensor others = decodable_logits(logits, s).scatter(2, drafts.unsqueeze(2), -std::numeric_limits<float>::infinity());  // [R,N,V']
+  const int64_t k = std::min(M, others.size(2) - 1);
+  Tensor ranked = std::get<1>(others.topk(k, -1));  // [R,N,k]: the chain's draft excluded, most likely first
+  return choose_siblings(top_probability(logits, s).squeeze(-1).to(torch::kCPU), ranked.to(torch::kCPU),
+                         std::min(M, drafts.size(1) * k));
 }
 
 // One round's drafts.
@@ -192,7 +196,7 @@ class SpeculativeRun {
     d.n = n;
     Tensor tok = to_tensor(pending_).to(device()).unsqueeze(1);  // [R,1]
     std::vector<Tensor> states, drafts;                          // [R,1,D] each; [R,1] each
-    std::vector<Tensor> top, ranked;                             // trees: [R,1] and [R,1,k] per draft
+    std::vector<Tensor> step_logits;                             // trees: the draft's [R,V] per draft
     const int64_t tree = opt_.speculative.tree_nodes;
     Tensor ended = torch::zeros({R, 1}, torch::dtype(torch::kBool).device(device()));  // [R,1] drafted EOS
     Tensor unsure = ended.clone();  // [R,1] a draft below draft_confidence
@@ -214,17 +218,18 @@ class SpeculativeRun {
       // Drafting past EOS, or past every row's first unsure draft, is likely wasted work: then
       // only this draft's state remains.
       ended = ended.logical_or(tok.eq(opt_.eos_id));
-      if (opt_.speculative.draft_confidence > 0 || tree > 0) top.push_back(top_probability(logits, opt_.sampling));
-      if (opt_.speculative.draft_confidence > 0) unsure = unsure.logical_or(top.back() < opt_.speculative.draft_confidence);
-      if (tree > 0) ranked.push_back(alternatives(logits, tok, tree, opt_.sampling));
+      if (tree > 0) step_logits.push_back(logits);
+      if (opt_.speculative.draft_confidence > 0)
+        unsure = unsure.logical_or(top_probability(logits, opt_.sampling) < opt_.speculative.draft_confidence);
       if (j + 1 < N && ended.logical_or(unsure).all().item<bool>()) N = j + 1;
     }
     if (N < planned) batch_.key_mask.narrow(1, n + N + 1, planned - N).zero_();
     d.N = N;
-    d.tokens = N > 0 ? torch::cat(drafts, 1).to(torch::kCPU) : torch::zeros({R, 0}, torch::kInt64);  // [R,N]
-    d.M = N > 0 && tree > 0 ? std::min(tree, N * ranked.front().size(2)) : 0;
-    d.siblings = d.M > 0 ? choose_siblings(torch::cat(top, 1).to(torch::kCPU), torch::cat(ranked, 1).to(torch::kCPU), d.M)
-                         : DraftSiblings{torch::zeros({R, 0}, torch::kInt64), torch::zeros({R, 0}, torch::kInt64)};
+    const Tensor drafted = N > 0 ? torch::cat(drafts, 1) : torch::zeros({R, 0}, torch::kInt64);  // [R,N]
+    d.tokens = drafted.to(torch::kCPU);
+    d.siblings = N > 0 && tree > 0 ? tree_siblings(step_logits, drafted, tree, opt_.sampling)
+                                   : DraftSiblings{torch::zeros({R, 0}, torch::kInt64), torch::zeros({R, 0}, torch::kInt64)};
+    d.M = d.siblings.at.size(1);
     if (d.M > 0) states.push_back(sibling_states(d));
     d.states = torch::cat(states, 1);
     stats_.draft_ms += clock.ms();
