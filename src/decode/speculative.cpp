@@ -87,8 +87,9 @@ Tensor top_probability(const Tensor& logits, const SamplingParams& s) {
 // A draft tree's (up to) M alternatives per row, from the draft's logits at its N positions
 // ([R,V] each) and its drafts [R,N] (on the model's device); CPU tensors.
 DraftSiblings tree_siblings(const std::vector<Tensor>& step_logits, const Tensor& drafts, int64_t M, const SamplingParams& s) {
-  Tensor logits = torch::stack(step_logits, 1);                                                   // [R,N,V]
-  Tensor others = decodable_logits(logits, s).scatter(2, drafts.unsqueeze(2), -std::numeric_limits<float>::infinity());  // [R,N,V']
+  Tensor logits = torch::stack(step_logits, 1);  // [R,N,V]
+  Tensor others =
+      decodable_logits(logits, s).scatter(2, drafts.unsqueeze(2), -std::numeric_limits<float>::infinity());  // [R,N,V']
   const int64_t k = std::min(M, others.size(2) - 1);
   Tensor ranked = std::get<1>(others.topk(k, -1));  // [R,N,k]: the chain's draft excluded, most likely first
   return choose_siblings(top_probability(logits, s).squeeze(-1).to(torch::kCPU), ranked.to(torch::kCPU),
@@ -278,7 +279,8 @@ class SpeculativeRun {
     const int64_t R = d.states.size(0), N = d.N;
     Tensor x = d.states;
     // A chain's inputs follow from the key mask alone (in fast_step's loops for a few positions).
-    AttnInputs in = d.M > 0 ? tree_inputs(d, 0) : model_->attn_inputs(batch_.key_mask.narrow(1, 0, d.n + N + 1), R, d.n, N + 1);
+    AttnInputs in = d.M > 0 ? tree_inputs(d, 0)
+                            : model_->attn_inputs(batch_.key_mask.narrow(1, 0, d.n + N + 1), R, d.n, N + 1);
     for (int i = K_; i < target_; ++i) x = model_->layer(i, x, in, &cache_);
     Tensor logits = model_->head(x, target_);  // [R,N+1+M,V]: node t predicts the token after it
     TreeAcceptance a;
