@@ -123,11 +123,13 @@ def summarise(rows, full):
            "decode_ms_per_token": decode / later if later else 0.0}
     # Batch size 1: each row's "stats" (DecodeStats::to_json, docs/results_schema.md) is its own run; add them up.
     if any(r["stats"]["mode"] == "speculative" for r in rows):
-        drafted, accepted, rounds = (sum(r["stats"][k] for r in rows) for k in ("drafted", "accepted", "rounds"))
+        drafted, accepted, rounds, tree_nodes, tree_accepted = (
+            sum(r["stats"][k] for r in rows) for k in ("drafted", "accepted", "rounds", "tree_nodes", "tree_accepted"))
         proposed_at, accepted_at = per_position(rows, "proposed_at"), per_position(rows, "accepted_at")
         out.update(acceptance_rate=accepted / drafted if drafted else 0.0,
                    mean_accepted_per_round=accepted / rounds if rounds else 0.0,
-                   mean_tokens_per_round=(accepted + rounds) / rounds if rounds else 0.0,
+                   mean_tokens_per_round=(accepted + tree_accepted + rounds) / rounds if rounds else 0.0,
+                   tree_nodes=tree_nodes, tree_accepted=tree_accepted,
                    draft_ms=sum(r["stats"]["draft_ms"] for r in rows), verify_ms=sum(r["stats"]["verify_ms"] for r in rows),
                    acceptance_rate_at=[a / p if p else 0.0 for a, p in zip(accepted_at, proposed_at)])
     if any(r["stats"]["mode"] == "dynamic" for r in rows):
@@ -157,6 +159,8 @@ def main():
                                            "(held out from --prompts; .jsonl as --prompts, or one per line)")
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=3, help="runs per mode; the fastest counts")
+    ap.add_argument("--tree", type=int, default=4, help="each speculative row is followed by one with a draft tree "
+                    "of this many nodes (generate --draft-tree; 0 = no tree rows)")
     ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = one per core); small models "
                     "decode fastest on 1, as waking a second thread costs more than their matrix products")
     args = ap.parse_args()
@@ -173,7 +177,11 @@ def main():
     exits = [k for k in auto_exits(n_layers) if k < n_layers]
     modes = [("full", f"{n_layers} layers", [])]
     modes += [("exit", f"{k} layer" + ("s" if k > 1 else ""), ["--exit-layer", str(k)]) for k in exits]
-    modes += [("speculative", f"draft layer {k}", ["--speculative", "--draft-layer", str(k)]) for k in exits]
+    for k in exits:
+        modes.append(("speculative", f"draft layer {k}", ["--speculative", "--draft-layer", str(k)]))
+        if args.tree > 0:
+            modes.append(("speculative", f"draft layer {k}, tree {args.tree}",
+                          ["--speculative", "--draft-layer", str(k), "--draft-tree", str(args.tree)]))
     modes += [("dynamic", "default thresholds", ["--dynamic"])]
     tuned = None
     if args.tune_prompts:
@@ -210,7 +218,8 @@ def main():
 
     info = {"date": datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(args.bin, args.threads),
             "model": os.path.abspath(args.model), "n_layers": n_layers, "prompts": prompt_file,
-            "max_new_tokens": args.max_new_tokens, "repeat": args.repeat, "decoding": "greedy, batch size 1",
+            "max_new_tokens": args.max_new_tokens, "repeat": args.repeat, "tree": args.tree,
+            "decoding": "greedy, batch size 1",
             "results": results}
     with open(os.path.join(args.out, "decoding.json"), "w") as f:
         json.dump(info, f, indent=2)

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The paper's Table 2 for one checkpoint on this machine: full decoding, each static exit,
-# self-speculative decoding with each draft layer, dynamic early exit with the default thresholds,
-# and (with --tune-prompts FILE) the speculative setting `sortedllama tune` chooses on other prompts.
+# self-speculative decoding with each draft layer (a chain of drafts, then a draft tree: --tree N,
+# default 4, 0 = chains only), dynamic early exit with the default thresholds, and (with
+# --tune-prompts FILE) the speculative setting `sortedllama tune` chooses on other prompts.
 # Columns: ms/token, speedup against full decoding measured in the same run, acceptance rate,
 # agreement with the full model's outputs. Writes bench/decoding.json and bench/decoding.md.
 #
-#   scripts/bench_decoding.sh [MODEL_DIR] [--max-new-tokens N] [--prompts FILE] [--tune-prompts FILE] [--out DIR]
+#   scripts/bench_decoding.sh [MODEL_DIR] [--max-new-tokens N] [--prompts FILE] [--tree N] [--tune-prompts FILE]
+#                             [--out DIR]
 #   scripts/bench_decoding.sh --vs-llama2c [--pairs N] [--new-tokens N] [--threads 1,2] [--batches 8,32]
 #                             [--shapes 110M,15M] [--out DIR]
 #

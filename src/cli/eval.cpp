@@ -28,7 +28,7 @@ struct EvalArgs {
   std::string model, tokenizer, task = "lm", data, out, exits = "auto", decode = "exit";
   int64_t batch_size = 8, limit = 0, max_new_tokens = 0;
   // --decode speculative | dynamic
-  int draft_layer = 0, draft_tokens = 0;
+  int draft_layer = 0, draft_tokens = 0, draft_tree = 0;
   double draft_confidence = 0;
   std::string thresholds, confidence = "max_prob";
   bool confidence_given = false, exits_given = false, draft_tokens_given = false, draft_confidence_given = false;
@@ -147,6 +147,7 @@ TaskResult run_task(const EvalArgs& a, const GlobalOptions& g) {
       o.draft_tokens = p.draft_tokens;
       o.draft_confidence = p.draft_confidence;
     }
+    o.draft_tree = a.draft_tree;
     if (o.decode == DecodeMode::kDynamic) {
       const DynamicParams d = choose_dynamic(a.thresholds, a.confidence, a.confidence_given, m, a.model);
       o.thresholds = d.thresholds;
@@ -286,6 +287,10 @@ void add_eval_command(CLI::App& app, const GlobalOptions& g) {
   cmd->add_option("--draft-confidence", a->draft_confidence,
                   "speculative: stop drafting once the draft's top probability falls below P (0 = the adaptive length)")
       ->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--draft-tree", a->draft_tree,
+                  "speculative: also verify N alternatives to each round's drafts where the draft was least sure "
+                  "(a draft tree; 0 = a chain)")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--thresholds", a->thresholds,
                   "dynamic: exit:threshold,... (default: the model's calibrated profile, else the paper's, mapped)");
   cmd->add_option("--confidence", a->confidence, "dynamic: max_prob | margin");

@@ -21,7 +21,7 @@ struct GenerateArgs {
   std::string seed = "0";
   bool json = false;
   bool speculative = false, dynamic = false, compare_baseline = false;
-  int draft_layer = 0, draft_tokens = 0;
+  int draft_layer = 0, draft_tokens = 0, draft_tree = 0;
   double draft_confidence = 0;
   std::string thresholds, confidence = "max_prob";
 };
@@ -39,11 +39,15 @@ std::string summary(const DecodeOptions& o, const DecodeStats& st) {
   const std::string speed = fmt::format("{:.1f} tokens/s, {:.2f} ms/token", st.tokens_per_s(), st.ms_per_token());
   switch (o.strategy) {
     case Strategy::kSpeculative:
-      return fmt::format("speculative (draft layer {}, verifier {}{}): drafted {}, accepted {} ({:.1f}%), {} rounds, "
+      return fmt::format("speculative (draft layer {}, verifier {}{}{}): drafted {}, accepted {} ({:.1f}%), {}{} rounds, "
                          "{:.2f} accepted/round, draft {:.1f} ms, verify {:.1f} ms, {}",
                          o.speculative.draft_layer, o.exit_layer,
                          o.speculative.draft_confidence > 0 ? fmt::format(", draft confidence {}", o.speculative.draft_confidence) : "",
+                         o.speculative.tree_nodes > 0 ? fmt::format(", draft tree {}", o.speculative.tree_nodes) : "",
                          st.drafted, st.accepted, 100 * st.acceptance_rate(),
+                         o.speculative.tree_nodes > 0
+                             ? fmt::format("tree nodes {}, accepted from the tree {}, ", st.tree_nodes, st.tree_accepted)
+                             : "",
                          st.rounds, st.mean_accepted_per_round(), st.draft_ms, st.verify_ms, speed);
     case Strategy::kDynamic: {
       std::string hist;
@@ -64,6 +68,7 @@ void add_settings(nlohmann::json& j, const DecodeOptions& o) {
                         : o.speculative.draft_confidence > 0 ? nlohmann::json("confidence")
                                                              : nlohmann::json("adaptive");
     if (o.speculative.draft_confidence > 0) j["draft_confidence"] = o.speculative.draft_confidence;
+    if (o.speculative.tree_nodes > 0) j["draft_tree"] = o.speculative.tree_nodes;
   }
   if (o.strategy == Strategy::kDynamic) {
     j["thresholds"] = format_thresholds(o.dynamic.thresholds);
@@ -104,6 +109,7 @@ DecodeOptions plan_options(const GenerateArgs& a, const LoadedModel& m) {
   if (a.speculative)
     opt.speculative = choose_speculative({a.draft_layer, a.draft_tokens, a.draft_confidence, a.draft_tokens_given, a.draft_confidence_given},
                                          !a.exit_layer_given || a.exit_layer == cfg.n_layers, m, a.model);
+  opt.speculative.tree_nodes = a.draft_tree;
   if (a.dynamic) opt.dynamic = choose_dynamic(a.thresholds, a.confidence, a.confidence_given, m, a.model);
   return opt.resolved((int)cfg.n_layers);
 }
@@ -238,6 +244,11 @@ void add_generate_command(CLI::App& app, const GlobalOptions& g) {
                   "speculative: stop a round's drafting once the draft's top probability falls below P (instead of the "
                   "adaptive length; up to --draft-tokens, else 16)")
       ->check(CLI::Range(0.0, 1.0))
+      ->needs(spec);
+  cmd->add_option("--draft-tree", a->draft_tree,
+                  "speculative, greedy: also verify N alternatives to each round's drafts where the draft was least "
+                  "sure (a draft tree; 0 = a chain)")
+      ->check(CLI::NonNegativeNumber)
       ->needs(spec);
   cmd->add_option("--thresholds", a->thresholds,
                   "dynamic: LAYER:THRESHOLD,... (default: the model's calibrated profile (sortedllama calibrate), else the "

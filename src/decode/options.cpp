@@ -87,7 +87,7 @@ void check_common(const DecodeOptions& o, int n_layers) {
   if (s.vocab_limit < 0) bad("vocab_limit " + std::to_string(s.vocab_limit) + " must be >= 0 (0 = no limit)");
 }
 
-void resolve_speculative(SpeculativeParams& p, int verifier, int n_layers) {
+void resolve_speculative(SpeculativeParams& p, const SamplingParams& s, int verifier, int n_layers) {
   if (p.draft_layer == 0) p.draft_layer = parse_exits("auto", n_layers).front();
   if (p.draft_layer < 1 || p.draft_layer >= verifier)
     bad("draft_layer " + std::to_string(p.draft_layer) + " must be in 1.." + std::to_string(verifier - 1) +
@@ -96,6 +96,10 @@ void resolve_speculative(SpeculativeParams& p, int verifier, int n_layers) {
   if (p.max_draft_tokens < 1) bad("max_draft_tokens " + std::to_string(p.max_draft_tokens) + " must be at least 1");
   if (!(p.draft_confidence >= 0 && p.draft_confidence <= 1))
     bad("draft_confidence " + str(p.draft_confidence) + " must be in [0, 1] (0 = adaptive draft length)");
+  if (p.tree_nodes < 0) bad("tree_nodes " + std::to_string(p.tree_nodes) + " must be >= 0 (0 = no draft tree)");
+  // Accepting one of several candidates needs a multi-candidate rule to keep sampling exact.
+  if (p.tree_nodes > 0 && s.temperature > 0)
+    bad("tree_nodes " + std::to_string(p.tree_nodes) + ": draft trees are greedy only: --draft-tree needs --temperature 0");
 }
 
 void resolve_dynamic(DynamicParams& p, int exit_layer, int n_layers) {
@@ -117,7 +121,7 @@ DecodeOptions DecodeOptions::resolved(int n_layers) const {
   DecodeOptions o = *this;
   check_common(o, n_layers);
   if (o.exit_layer == 0) o.exit_layer = n_layers;
-  if (o.strategy == Strategy::kSpeculative) resolve_speculative(o.speculative, o.exit_layer, n_layers);
+  if (o.strategy == Strategy::kSpeculative) resolve_speculative(o.speculative, o.sampling, o.exit_layer, n_layers);
   if (o.strategy == Strategy::kDynamic) resolve_dynamic(o.dynamic, o.exit_layer, n_layers);
   return o;
 }

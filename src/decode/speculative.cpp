@@ -23,6 +23,18 @@
 // and q are sl::sampling_probs of the verifier and draft logits with the same temperature / top-k /
 // top-p.
 //
+// Draft trees (tree_nodes M > 0, greedy only): the draft also ranks its alternatives at each
+// position, and each row spends M extra nodes on them where it was least sure (choose_siblings):
+// an alternative to draft j is a leaf whose parent is chain node j (the token before draft j).
+// After the chain's draft steps, the M alternatives run through layers 1..K in one call (cache
+// slots n+N+1..n+N+M), and the verifier runs over all N+1+M nodes in its one call, with a tree
+// mask (every node sees the cached prefix, its ancestors on the chain and itself) and per-node
+// rotary positions (an alternative to draft j has draft j's position). A row that rejects draft j
+// accepts an alternative at j equal to the verifier's token there, and then the verifier's token
+// after that alternative (accept_greedy_tree). At commit, the accepted path's slots stay and every
+// other slot of the round becomes a hole: a kept alternative sits after the chain's slots, and as
+// positions count the real slots before it, it keeps draft j's position for later tokens too.
+//
 // Draft length: fixed (draft_tokens > 0), adaptive (next_draft_length, from 4 within
 // [1, max_draft_tokens]), or confidence-stopped (draft_confidence > 0: up to draft_tokens or
 // max_draft_tokens, ending after the draft at which every row has been unsure once; a row's
@@ -30,6 +42,7 @@
 // most and output stays exact). A round never drafts more than the most tokens any row may still
 // emit, minus the bonus token.
 #include <algorithm>
+#include <limits>
 
 #include "sortedllama/decode/acceptance.h"
 #include "sortedllama/util/stopwatch.h"
@@ -66,12 +79,31 @@ int64_t compact(KVCache& cache, Tensor& key_mask, int64_t n, int layers) {
   return m;
 }
 
+// The draft's top probability: logits [...,V] -> [...,1] fp32.
+Tensor top_probability(const Tensor& logits, const SamplingParams& s) {
+  return std::get<0>(decodable_logits(logits, s).to(torch::kFloat32).softmax(-1).max(-1, /*keepdim=*/true));
+}
+
+// A draft tree's (up to) M alternatives per row, from the draft's logits at its N positions
+// ([R,V] each) and its drafts [R,N] (on the model's device); CPU tensors.
+DraftSiblings tree_siblings(const std::vector<Tensor>& step_logits, const Tensor& drafts, int64_t M, const SamplingParams& s) {
+  Tensor logits = torch::stack(step_logits, 1);  // [R,N,V]
+  Tensor others =
+      decodable_logits(logits, s).scatter(2, drafts.unsqueeze(2), -std::numeric_limits<float>::infinity());  // [R,N,V']
+  const int64_t k = std::min(M, others.size(2) - 1);
+  Tensor ranked = std::get<1>(others.topk(k, -1));  // [R,N,k]: the chain's draft excluded, most likely first
+  return choose_siblings(top_probability(logits, s).squeeze(-1).to(torch::kCPU), ranked.to(torch::kCPU),
+                         std::min(M, drafts.size(1) * k));
+}
+
 // One round's drafts.
 struct Draft {
   int64_t n = 0;          // the round's first cache slot
   int64_t N = 0;          // tokens drafted (fewer than planned once every row has drafted EOS)
+  int64_t M = 0;          // alternatives per row (0: a chain)
   Tensor tokens;          // [R,N] int64 on the CPU
-  Tensor states;          // [R,N+1,D]: the layer-K hidden states of the pending token and the drafts
+  DraftSiblings siblings;  // [R,M] each, on the CPU
+  Tensor states;          // [R,N+1+M,D]: the layer-K hidden states of the pending token, the drafts, the alternatives
   std::vector<Tensor> q;  // sampling: the draft's distribution at each of the N positions, [R,V'] on the CPU
 };
 
@@ -86,9 +118,9 @@ class SpeculativeRun {
         most_drafts_(opt.speculative.draft_tokens > 0 ? opt.speculative.draft_tokens : opt.speculative.max_draft_tokens),
         n_draft_(opt.speculative.draft_tokens > 0 || opt.speculative.draft_confidence > 0 ? most_drafts_
                                                                                            : std::min<int64_t>(4, most_drafts_)),
-        // A round may use N+1 slots past the last emitted token; compaction keeps the rest within
+        // A round may use N+1+M slots past the last emitted token; compaction keeps the rest within
         // prompt + max_new_tokens.
-        batch_(model, prompts, opt.max_new_tokens + most_drafts_ + 1),
+        batch_(model, prompts, opt.max_new_tokens + most_drafts_ + 1 + opt.speculative.tree_nodes),
         cache_(batch_.make_cache(model)),
         gen_(make_generator(opt.seed)),
         out_(prompts.size()) {}
@@ -100,7 +132,7 @@ class SpeculativeRun {
     while (!batch_.rows.empty()) {
       const int64_t planned = planned_length();
       const Draft d = draft(reserve(planned), planned);
-      const Acceptance a = verify(d);
+      const TreeAcceptance a = verify(d);
       commit(d, a);
       if (opt_.speculative.draft_tokens == 0 && opt_.speculative.draft_confidence == 0)
         n_draft_ = next_draft_length(n_draft_, d.N, *std::max_element(a.accepted.begin(), a.accepted.end()), most_drafts_);
@@ -144,11 +176,11 @@ class SpeculativeRun {
     return std::min(n_draft_, most_left - 1);
   }
 
-  // Makes room for N+1 slots (compacting the cache when holes fill it) and marks them real;
-  // returns the first.
+  // Makes room for N+1 chain slots and the tree's (compacting the cache when holes fill it) and
+  // marks the chain's real; returns the first.
   int64_t reserve(int64_t N) {
     int64_t n = cache_.len[0];
-    if (n + N + 1 > batch_.capacity) {
+    if (n + N + 1 + opt_.speculative.tree_nodes > batch_.capacity) {
       n = compact(cache_, batch_.key_mask, n, target_);
       ++stats_.compactions;
     }
@@ -156,7 +188,8 @@ class SpeculativeRun {
     return n;
   }
 
-  // The pending token and up to N drafts through layers 1..K, one position at a time.
+  // The pending token and up to N drafts through layers 1..K, one position at a time; then the
+  // tree's alternatives, in one call.
   Draft draft(int64_t n, int64_t N) {
     const Stopwatch clock;
     const int64_t R = (int64_t)batch_.rows.size();
@@ -164,6 +197,8 @@ class SpeculativeRun {
     d.n = n;
     Tensor tok = to_tensor(pending_).to(device()).unsqueeze(1);  // [R,1]
     std::vector<Tensor> states, drafts;                          // [R,1,D] each; [R,1] each
+    std::vector<Tensor> step_logits;                             // trees: the draft's [R,V] per draft
+    const int64_t tree = opt_.speculative.tree_nodes;
     Tensor ended = torch::zeros({R, 1}, torch::dtype(torch::kBool).device(device()));  // [R,1] drafted EOS
     Tensor unsure = ended.clone();  // [R,1] a draft below draft_confidence
     const int64_t planned = N;
@@ -184,68 +219,116 @@ class SpeculativeRun {
       // Drafting past EOS, or past every row's first unsure draft, is likely wasted work: then
       // only this draft's state remains.
       ended = ended.logical_or(tok.eq(opt_.eos_id));
-      if (opt_.speculative.draft_confidence > 0) {
-        Tensor top = std::get<0>(decodable_logits(logits, opt_.sampling).to(torch::kFloat32).softmax(-1).max(-1, /*keepdim=*/true));
-        unsure = unsure.logical_or(top < opt_.speculative.draft_confidence);
-      }
+      if (tree > 0) step_logits.push_back(logits);
+      if (opt_.speculative.draft_confidence > 0)
+        unsure = unsure.logical_or(top_probability(logits, opt_.sampling) < opt_.speculative.draft_confidence);
       if (j + 1 < N && ended.logical_or(unsure).all().item<bool>()) N = j + 1;
     }
     if (N < planned) batch_.key_mask.narrow(1, n + N + 1, planned - N).zero_();
     d.N = N;
-    d.tokens = N > 0 ? torch::cat(drafts, 1).to(torch::kCPU) : torch::zeros({R, 0}, torch::kInt64);  // [R,N]
+    const Tensor drafted = N > 0 ? torch::cat(drafts, 1) : torch::zeros({R, 0}, torch::kInt64);  // [R,N]
+    d.tokens = drafted.to(torch::kCPU);
+    d.siblings = N > 0 && tree > 0 ? tree_siblings(step_logits, drafted, tree, opt_.sampling)
+                                   : DraftSiblings{torch::zeros({R, 0}, torch::kInt64), torch::zeros({R, 0}, torch::kInt64)};
+    d.M = d.siblings.at.size(1);
+    if (d.M > 0) states.push_back(sibling_states(d));
     d.states = torch::cat(states, 1);
     stats_.draft_ms += clock.ms();
     return d;
   }
 
-  // Layers K+1..target over all N+1 positions at once, from the draft's layer-K states; then the
+  // The alternatives' layer-K states [R,M,D], their K/V appended after the chain's.
+  Tensor sibling_states(const Draft& d) {
+    AttnInputs in = tree_inputs(d, d.N + 1);
+    Tensor x = model_->embed(d.siblings.tokens.to(device()));  // [R,M,D]
+    for (int i = 0; i < K_; ++i) x = model_->layer(i, x, in, &cache_);
+    return x;
+  }
+
+  // Attention inputs for the round's nodes from `first` on (chain nodes 0..N at slots n..n+N, then
+  // the M alternatives), in plain loops: a round's few nodes would cost dozens of tensor ops. A
+  // node sees the prefix's real slots, itself and the chain nodes above it (a chain node: those
+  // before it; an alternative to draft j: nodes 0..j). Rotary positions continue the prefix's at
+  // the node's depth (an alternative to draft j: draft j's).
+  AttnInputs tree_inputs(const Draft& d, int64_t first) const {
+    const int64_t R = d.siblings.at.size(0), T = d.N + 1 + d.M, Q = T - first, S = d.n + T;
+    const Tensor prefix = batch_.key_mask.narrow(1, 0, d.n).to(torch::kCPU, torch::kBool).contiguous();  // [R,n]
+    Tensor positions = torch::empty({R, Q}, torch::kInt64), mask = torch::empty({R, 1, Q, S}, torch::kBool);
+    auto at = d.siblings.at.accessor<int64_t, 2>();
+    const bool* real = prefix.data_ptr<bool>();
+    int64_t* pos = positions.data_ptr<int64_t>();
+    bool* sees = mask.data_ptr<bool>();
+    for (int64_t r = 0; r < R; ++r) {
+      const bool* row = real + r * d.n;
+      const int64_t base = std::count(row, row + d.n, true);
+      for (int64_t q = 0; q < Q; ++q) {
+        const int64_t t = first + q, depth = t <= d.N ? t : at[r][t - d.N - 1] + 1;
+        pos[r * Q + q] = base + depth;
+        bool* keys = sees + (r * Q + q) * S;  // [S]: the prefix, then the round's nodes
+        std::copy(row, row + d.n, keys);
+        for (int64_t u = 0; u < T; ++u) keys[d.n + u] = u == t || (u <= d.N && u < depth);
+      }
+    }
+    return model_->attn_inputs_at(positions, mask);
+  }
+
+  // Layers K+1..target over all N+1+M nodes at once, from the draft's layer-K states; then the
   // acceptance rule.
-  Acceptance verify(const Draft& d) {
+  TreeAcceptance verify(const Draft& d) {
     const Stopwatch clock;
     const int64_t R = d.states.size(0), N = d.N;
     Tensor x = d.states;
-    AttnInputs in = model_->attn_inputs(batch_.key_mask.narrow(1, 0, d.n + N + 1), R, d.n, N + 1);
+    // A chain's inputs follow from the key mask alone (in fast_step's loops for a few positions).
+    AttnInputs in = d.M > 0 ? tree_inputs(d, 0)
+                            : model_->attn_inputs(batch_.key_mask.narrow(1, 0, d.n + N + 1), R, d.n, N + 1);
     for (int i = K_; i < target_; ++i) x = model_->layer(i, x, in, &cache_);
-    Tensor logits = model_->head(x, target_);  // [R,N+1,V]: position j predicts the token after slot n+j
-    Acceptance a;
+    Tensor logits = model_->head(x, target_);  // [R,N+1+M,V]: node t predicts the token after it
+    TreeAcceptance a;
     if (greedy()) {
-      a = accept_greedy(d.tokens, decodable_logits(logits, opt_.sampling).argmax(-1).to(torch::kCPU));
-    } else {
+      a = accept_greedy_tree(d.tokens, decodable_logits(logits, opt_.sampling).argmax(-1).to(torch::kCPU), d.siblings);
+    } else {  // a chain (M = 0)
       Tensor p = sampling_probs(logits.reshape({R * (N + 1), -1}), opt_.sampling).view({R, N + 1, -1}).to(torch::kCPU);  // [R,N+1,V']
       Tensor q = N > 0 ? torch::stack(d.q, 1) : torch::zeros({R, 0, p.size(2)});  // [R,N,V']
-      a = accept_sampled(p, q, d.tokens, torch::rand({R, N}, gen_), gen_);
+      a = {accept_sampled(p, q, d.tokens, torch::rand({R, N}, gen_), gen_), std::vector<int64_t>(R, -1)};
     }
     stats_.verify_ms += clock.ms();
     return a;
   }
 
-  // Keeps slots n..n+A (each row's rejected slots become holes), emits the accepted drafts and the
-  // verifier's token, and drops finished rows.
-  void commit(const Draft& d, const Acceptance& a) {
+  // Keeps each row's accepted path (slots n..n+a_r and its accepted alternative's; every other slot
+  // of the round becomes a hole), emits its tokens and the verifier's after them, and drops
+  // finished rows.
+  void commit(const Draft& d, const TreeAcceptance& a) {
     const int64_t R = (int64_t)a.accepted.size(), N = d.N;
-    const int64_t A = *std::max_element(a.accepted.begin(), a.accepted.end());
-    cache_.crop(d.n + A + 1);
-    Tensor hole = torch::arange(N + 1).unsqueeze(0) > to_tensor(a.accepted).unsqueeze(1);  // [R,N+1]
-    batch_.key_mask.narrow(1, d.n, N + 1).masked_fill_(hole.to(device()), 0);
-
     auto drafts = d.tokens.accessor<int64_t, 2>();
+    auto alternative = d.siblings.tokens.accessor<int64_t, 2>();
+    Tensor kept = torch::zeros({R, N + 1 + d.M}, torch::kInt64);  // [R,N+1+M] the round's slots
+    auto keep_slot = kept.accessor<int64_t, 2>();
     std::vector<int64_t> keep, next_pending;
-    int64_t emitted = 0;
+    int64_t emitted = 0, last = 0;  // the round's last kept slot, over rows
     for (int64_t r = 0; r < R; ++r) {
-      bool alive = true;
-      for (int64_t j = 0; j < a.accepted[r] && alive; ++j, ++emitted) alive = batch_.emit(out_, r, (int)drafts[r][j], opt_);
-      const int v = (int)a.next[r];
-      if (alive) {
-        ++emitted;
-        alive = batch_.emit(out_, r, v, opt_);
+      std::vector<int64_t> path(drafts[r].data(), drafts[r].data() + a.accepted[r]);
+      for (int64_t j = 0; j <= a.accepted[r]; ++j) keep_slot[r][j] = 1;
+      last = std::max(last, a.accepted[r]);
+      if (a.sibling[r] >= 0) {
+        path.push_back(alternative[r][a.sibling[r]]);
+        keep_slot[r][N + 1 + a.sibling[r]] = 1;
+        last = std::max(last, N + 1 + a.sibling[r]);
       }
+      path.push_back(a.next[r]);
+      bool alive = true;
+      for (size_t i = 0; i < path.size() && alive; ++i, ++emitted) alive = batch_.emit(out_, r, (int)path[i], opt_);
       if (alive) {
         keep.push_back(r);
-        next_pending.push_back(v);
+        next_pending.push_back(path.back());
       }
     }
+    cache_.crop(d.n + last + 1);
+    batch_.key_mask.narrow(1, d.n, N + 1 + d.M).copy_(kept.to(device()));
     stats_.new_tokens += emitted;
     stats_.add_round(N, a.accepted);
+    stats_.tree_nodes += R * d.M;
+    stats_.tree_accepted += std::count_if(a.sibling.begin(), a.sibling.end(), [](int64_t s) { return s >= 0; });
     pending_ = next_pending;
     batch_.keep(keep, cache_);
   }

@@ -51,6 +51,7 @@ void DecodeStats::merge(const DecodeStats& o) {
   add_into(proposed_at, o.proposed_at);
   add_into(accepted_at, o.accepted_at);
   draft_ms += o.draft_ms, verify_ms += o.verify_ms;
+  tree_nodes += o.tree_nodes, tree_accepted += o.tree_accepted;
   for (const auto& [k, n] : o.exit_histogram) exit_histogram[k] += n;
   layers_run += o.layers_run;
 }
@@ -62,7 +63,9 @@ double DecodeStats::prefill_tokens_per_s() const { return ratio(1000.0 * (double
 double DecodeStats::prefill_ms_per_token() const { return ratio(prefill_ms, (double)prompt_tokens); }
 double DecodeStats::acceptance_rate() const { return ratio((double)accepted, (double)drafted); }
 double DecodeStats::mean_accepted_per_round() const { return ratio((double)accepted, (double)rounds); }
-double DecodeStats::mean_tokens_per_round() const { return ratio((double)(accepted + rounds), (double)rounds); }
+double DecodeStats::mean_tokens_per_round() const {
+  return ratio((double)(accepted + tree_accepted + rounds), (double)rounds);
+}
 double DecodeStats::mean_layers_per_token() const { return ratio((double)layers_run, (double)new_tokens); }
 
 std::vector<double> DecodeStats::acceptance_rate_at() const {
@@ -92,6 +95,8 @@ nlohmann::json DecodeStats::to_json() const {
               {"mean_tokens_per_round", mean_tokens_per_round()},
               {"draft_ms", draft_ms},
               {"verify_ms", verify_ms},
+              {"tree_nodes", tree_nodes},
+              {"tree_accepted", tree_accepted},
               {"proposed_at", proposed_at},
               {"accepted_at", accepted_at},
               {"acceptance_rate_at", acceptance_rate_at()}});

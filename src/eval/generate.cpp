@@ -77,6 +77,7 @@ void generate_batch_other(Llama& model, const std::vector<std::vector<int>>& pro
     o.speculative.draft_layer = row.exit;
     o.speculative.draft_tokens = opt.draft_tokens;
     o.speculative.draft_confidence = opt.draft_confidence;
+    o.speculative.tree_nodes = opt.draft_tree;
   } else {
     o.strategy = Strategy::kDynamic;
     o.dynamic.thresholds = opt.thresholds;

@@ -233,31 +233,41 @@ Tensor fast_rmsnorm(const Tensor& x_in, const Tensor& weight, double eps) {
   return out;
 }
 
-AttnInputs fast_attn_inputs(const Tensor& key_mask, int64_t B, int64_t q_start, int64_t T, const Tensor& inv_freq) {
-  const int64_t S = q_start + T, half = inv_freq.numel(), hd = 2 * half;
-  const Tensor km = key_mask.defined() ? key_mask.to(torch::kInt64).contiguous() : Tensor();  // [B,S]
-  const int64_t* keys = km.defined() ? km.data_ptr<int64_t>() : nullptr;
+AttnInputs fast_rotary(const Tensor& positions, const Tensor& inv_freq) {
+  const Tensor pos = positions.to(torch::kInt64).contiguous();  // [B,T]
+  const int64_t B = pos.size(0), T = pos.size(1), half = inv_freq.numel(), hd = 2 * half;
+  const int64_t* p = pos.data_ptr<int64_t>();
   const float* freq = inv_freq.data_ptr<float>();
   AttnInputs in{torch::empty({B, 1, T, hd}, torch::kFloat32), torch::empty({B, 1, T, hd}, torch::kFloat32), {}};
   float* cos = in.cos.data_ptr<float>();
   float* sin = in.sin.data_ptr<float>();
+  for (int64_t n = 0; n < B * T; ++n) {
+    float* c = cos + n * hd;
+    float* sn = sin + n * hd;
+    for (int64_t j = 0; j < half; ++j) {
+      const float angle = (float)p[n] * freq[j];
+      c[j] = c[j + half] = std::cos(angle);
+      sn[j] = sn[j + half] = std::sin(angle);
+    }
+  }
+  return in;
+}
+
+AttnInputs fast_attn_inputs(const Tensor& key_mask, int64_t B, int64_t q_start, int64_t T, const Tensor& inv_freq) {
+  const int64_t S = q_start + T;
+  const Tensor km = key_mask.defined() ? key_mask.to(torch::kInt64).contiguous() : Tensor();  // [B,S]
+  const int64_t* keys = km.defined() ? km.data_ptr<int64_t>() : nullptr;
+  Tensor pos = torch::empty({B, T}, torch::kInt64);
+  int64_t* p = pos.data_ptr<int64_t>();
   for (int64_t b = 0; b < B; ++b) {
     // A position counts the real tokens before it: left padding does not move a row's positions.
     int64_t real = 0;
     if (keys)
       for (int64_t s = 0; s < q_start; ++s) real += keys[b * S + s] != 0;
-    for (int64_t t = 0; t < T; ++t) {
-      int64_t pos = q_start + t;
-      if (keys) pos = std::max<int64_t>(0, (real += keys[b * S + q_start + t] != 0) - 1);
-      float* c = cos + (b * T + t) * hd;
-      float* sn = sin + (b * T + t) * hd;
-      for (int64_t j = 0; j < half; ++j) {
-        const float angle = (float)pos * freq[j];
-        c[j] = c[j + half] = std::cos(angle);
-        sn[j] = sn[j + half] = std::sin(angle);
-      }
-    }
+    for (int64_t t = 0; t < T; ++t)
+      p[b * T + t] = keys ? std::max<int64_t>(0, (real += keys[b * S + q_start + t] != 0) - 1) : q_start + t;
   }
+  AttnInputs in = fast_rotary(pos, inv_freq);
   if (T == 1 && !keys) return in;  // one position sees every cached key
   in.mask = torch::empty({B, 1, T, S}, torch::kBool);
   bool* mask = in.mask.data_ptr<bool>();

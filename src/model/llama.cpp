@@ -171,13 +171,26 @@ void LlamaImpl::init_weights(double std, uint64_t seed) {
 
 Tensor LlamaImpl::embed(const Tensor& tokens) { return body->embed_tokens(tokens); }
 
+namespace {
+// Few fp32 positions on the CPU take fast_step's loops for their attention inputs too.
+bool few_cpu_positions(const LlamaImpl& m, int64_t B, int64_t T) {
+  return m.device().is_cpu() && m.dtype() == torch::kFloat32 && (T == 1 || B * T <= kMatvecRows);
+}
+
+// cos, sin [B,1,T,hd] in `dtype` for rotary positions pos [B,T] int64; inv_freq [hd/2] fp32.
+AttnInputs rotary_tables(const Tensor& pos, const Tensor& inv_freq, torch::Dtype dtype) {
+  Tensor freqs = pos.unsqueeze(-1).to(torch::kFloat32) * inv_freq.to(pos.device());  // [B,T,hd/2]
+  Tensor emb = torch::cat({freqs, freqs}, -1).unsqueeze(1);                           // [B,1,T,hd]
+  return {emb.cos().to(dtype), emb.sin().to(dtype), {}};
+}
+}  // namespace
+
 AttnInputs LlamaImpl::attn_inputs(const Tensor& key_mask, int64_t B, int64_t q_start, int64_t T) const {
   auto dev = device();
   const int64_t S = q_start + T;
   if (key_mask.defined())
     TORCH_CHECK(key_mask.size(0) == B && key_mask.size(1) == S, "key_mask must be [", B, ",", S, "]");
-  if (dev.is_cpu() && dtype() == torch::kFloat32 && (T == 1 || B * T <= kMatvecRows))
-    return fast_attn_inputs(key_mask, B, q_start, T, inv_freq_);
+  if (few_cpu_positions(*this, B, T)) return fast_attn_inputs(key_mask, B, q_start, T, inv_freq_);
   Tensor slots = torch::arange(q_start, S, torch::dtype(torch::kInt64).device(dev));  // [T]
   Tensor pos;                                                                           // [B,T]
   if (key_mask.defined()) {
@@ -185,9 +198,7 @@ AttnInputs LlamaImpl::attn_inputs(const Tensor& key_mask, int64_t B, int64_t q_s
   } else {
     pos = slots.unsqueeze(0).expand({B, T});
   }
-  Tensor freqs = pos.unsqueeze(-1).to(torch::kFloat32) * inv_freq_.to(dev);  // [B,T,hd/2]
-  Tensor emb = torch::cat({freqs, freqs}, -1).unsqueeze(1);            // [B,1,T,hd]
-  AttnInputs in{emb.cos().to(dtype()), emb.sin().to(dtype()), {}};
+  AttnInputs in = rotary_tables(pos, inv_freq_, dtype());
   if (T > 1 || key_mask.defined()) {
     Tensor keys = torch::arange(S, torch::dtype(torch::kInt64).device(dev));
     Tensor allowed = keys.view({1, 1, S}) <= slots.view({1, T, 1});  // causal [1,T,S]
@@ -198,6 +209,17 @@ AttnInputs LlamaImpl::attn_inputs(const Tensor& key_mask, int64_t B, int64_t q_s
     }
     in.mask = allowed.expand({B, T, S}).unsqueeze(1);  // [B,1,T,S]
   }
+  return in;
+}
+
+AttnInputs LlamaImpl::attn_inputs_at(const Tensor& positions, const Tensor& mask) const {
+  const int64_t B = positions.size(0), T = positions.size(1);
+  TORCH_CHECK(mask.dim() == 4 && mask.size(0) == B && mask.size(1) == 1 && mask.size(2) == T &&
+                  mask.scalar_type() == torch::kBool,
+              "mask must be [", B, ",1,", T, ",S] bool");
+  AttnInputs in = few_cpu_positions(*this, B, T) ? fast_rotary(positions.cpu(), inv_freq_)
+                                                 : rotary_tables(positions.to(device()), inv_freq_, dtype());
+  in.mask = mask.to(device());
   return in;
 }
 

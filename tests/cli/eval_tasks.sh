@@ -78,6 +78,14 @@ assert d["mode"] == "speculative" and sum(d["proposed_at"]) == d["drafted"] and 
 assert d["acceptance_rate"] == spec["spec2"]["acceptance_rate"] and spec["5"]["decoding"]["mode"] == "plain", spec
 assert dyn["dynamic"]["decoding"]["mode"] == "dynamic" and "exit_histogram" in dyn["dynamic"]["decoding"], dyn
 PY
+# With a draft tree too.
+"$BIN" eval --model "$M" --task triviaqa --data "$TQA" --limit 4 --exits 1 --decode speculative --draft-tree 3 \
+  --out "$WORK/tree" >/dev/null
+/usr/bin/python3 - "$WORK/tree/results.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))["exits"]
+assert r["spec1"]["agree_full"] == 1 and r["spec1"]["decoding"]["tree_nodes"] > 0, r
+PY
 
 # instruct -> compare: the same sample set against itself is an even match whatever the judge says.
 "$BIN" eval --model "$M" --task instruct --data "$VICUNA" --limit 3 --exits 1,5 --max-new-tokens 12 --out "$WORK/ins" \

@@ -37,6 +37,17 @@ for r in rows:
     assert s["identical_to_baseline"] == 3 and r["matches_baseline"] is True, r
 PY
 
+# A draft tree prints what plain decoding prints too, and reports its nodes.
+"$BIN" generate --model "$M" --prompt-file "$WORK/p.txt" --max-new-tokens 60 --speculative --draft-layer 1 \
+  --draft-tree 3 >"$WORK/tree.txt" 2>"$WORK/tree.err"
+cmp "$WORK/plain.txt" "$WORK/tree.txt" || fail "draft-tree output differs from plain decoding"
+grep -q "draft tree 3" "$WORK/tree.err" && grep -q "accepted from the tree" "$WORK/tree.err" || fail "no tree stats: $(cat "$WORK/tree.err")"
+"$BIN" generate --model "$M" --prompt "Tom had a dog" --max-new-tokens 20 --speculative --draft-layer 1 --draft-tree 2 \
+  --json 2>/dev/null | /usr/bin/python3 -c '
+import json, sys
+s = json.loads(sys.stdin.readline())["stats"]
+assert s["draft_tree"] == 2 and s["tree_nodes"] > 0 and 0 <= s["tree_accepted"] <= s["tree_nodes"], s'
+
 # Dynamic: thresholds above 1 never exit early (plain output); defaults give an exit histogram.
 "$BIN" generate --model "$M" --prompt-file "$WORK/p.txt" --max-new-tokens 60 --dynamic --thresholds 2:1.1,4:1.1 \
   >"$WORK/dyn.txt" 2>"$WORK/dyn.err"
@@ -61,6 +72,10 @@ PY
 expect_error "draft_layer 5 must be in 1..4" "$BIN" generate --model "$M" --prompt hi --speculative --draft-layer 5
 expect_error "draft_layer 3 must be in 1..2" "$BIN" generate --model "$M" --prompt hi --speculative --draft-layer 3 --exit-layer 3
 expect_error "excludes" "$BIN" generate --model "$M" --prompt hi --speculative --dynamic
+expect_error "draft trees are greedy only: --draft-tree needs --temperature 0" "$BIN" generate --model "$M" --prompt hi \
+  --speculative --draft-tree 2 --temperature 0.7
+expect_error "--draft-tree" "$BIN" generate --model "$M" --prompt hi --speculative --draft-tree -1
+expect_error "requires" "$BIN" generate --model "$M" --prompt hi --draft-tree 2
 expect_error "requires" "$BIN" generate --model "$M" --prompt hi --thresholds 2:0.5
 expect_error "\"2=0.5\" is not LAYER:THRESHOLD" "$BIN" generate --model "$M" --prompt hi --dynamic --thresholds 2=0.5
 expect_error "layer 9 is outside the model's 1..5 layers" "$BIN" generate --model "$M" --prompt hi --dynamic --thresholds 9:0.5

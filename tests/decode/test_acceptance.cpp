@@ -104,3 +104,64 @@ TEST(NextDraftLength, GrowsByTwoAfterAFullAcceptanceElseShrinksByOne) {
   // A round shortened (by EOS or the length limit) counts as full when every drafted token was accepted.
   EXPECT_EQ(sl::next_draft_length(6, 2, 2, 16), 8);
 }
+
+namespace {
+sl::DraftSiblings siblings(std::vector<std::vector<int64_t>> at, std::vector<std::vector<int64_t>> tokens, int64_t M) {
+  return {ids(std::move(at), M), ids(std::move(tokens), M)};
+}
+}  // namespace
+
+// Positions by increasing top probability get their best alternative first, then their second.
+TEST(ChooseSiblings, LeastSurePositionsFirstThenTheirNextAlternatives) {
+  const torch::Tensor top = torch::tensor({{0.9f, 0.2f, 0.5f}, {0.3f, 0.3f, 0.1f}});  // [2,3]
+  torch::Tensor ranked = torch::zeros({2, 3, 2}, torch::kInt64);                      // token 10*r + 100*j + rank
+  for (int64_t r = 0; r < 2; ++r)
+    for (int64_t j = 0; j < 3; ++j)
+      for (int64_t k = 0; k < 2; ++k) ranked[r][j][k] = 10 * r + 100 * j + k;
+  const sl::DraftSiblings one = sl::choose_siblings(top, ranked, 1);
+  EXPECT_TRUE(one.at.equal(ids({{1}, {2}}, 1)));
+  EXPECT_TRUE(one.tokens.equal(ids({{100}, {210}}, 1)));
+  // Five nodes over three positions: every position's best alternative, then the two least sure
+  // positions' second (ties: the earlier position first).
+  const sl::DraftSiblings five = sl::choose_siblings(top, ranked, 5);
+  EXPECT_TRUE(five.at.equal(ids({{1, 2, 0, 1, 2}, {2, 0, 1, 2, 0}}, 5)));
+  EXPECT_TRUE(five.tokens.equal(ids({{100, 200, 0, 101, 201}, {210, 10, 110, 211, 11}}, 5)));
+  EXPECT_THROW(sl::choose_siblings(top, ranked, 7), c10::Error);  // 3 positions x 2 alternatives
+}
+
+TEST(AcceptGreedyTree, WithoutSiblingsItIsTheChainRule) {
+  const torch::Tensor drafts = ids({{4, 5, 6}, {4, 5, 6}, {4, 0, 6}}, 3);
+  const torch::Tensor verifier = ids({{4, 5, 6, 8}, {1, 5, 6, 8}, {4, 5, 6, 8}}, 4);
+  const auto chain = sl::accept_greedy(drafts, verifier);
+  const auto tree = sl::accept_greedy_tree(drafts, verifier, siblings({{}, {}, {}}, {{}, {}, {}}, 0));
+  EXPECT_EQ(tree.accepted, chain.accepted);
+  EXPECT_EQ(tree.next, chain.next);
+  EXPECT_EQ(tree.sibling, (std::vector<int64_t>{-1, -1, -1}));
+}
+
+// Verifier nodes: chain 0..3, then the two siblings. Rows: (0) every draft accepted, a sibling
+// agreeing too is ignored; (1) draft 0 rejected, the sibling at 0 equals the verifier's token: it
+// is accepted and the verifier's token at the sibling's node follows; (2) draft 1 rejected, the
+// matching sibling sits at position 2, not 1: nothing more; (3) draft 2 rejected, the second
+// sibling at 2 matches; (4) draft 1 rejected, the sibling at 1 is another token.
+TEST(AcceptGreedyTree, AnAlternativeAtTheFirstRejectionThatTheVerifierChose) {
+  const torch::Tensor drafts = ids({{4, 5, 6}, {4, 5, 6}, {4, 5, 6}, {4, 5, 6}, {4, 5, 6}}, 3);
+  const torch::Tensor verifier = ids({{4, 5, 6, 8, 9, 9},
+                                      {7, 5, 6, 8, 3, 9},
+                                      {4, 7, 6, 8, 9, 9},
+                                      {4, 5, 7, 8, 9, 1},
+                                      {4, 7, 6, 8, 9, 9}},
+                                     6);
+  const auto a = sl::accept_greedy_tree(drafts, verifier,
+                                        siblings({{2, 1}, {0, 2}, {0, 2}, {2, 2}, {1, 0}},
+                                                 {{8, 9}, {7, 1}, {1, 7}, {3, 7}, {2, 4}}, 2));
+  EXPECT_EQ(a.accepted, (std::vector<int64_t>{3, 0, 1, 2, 1}));
+  EXPECT_EQ(a.sibling, (std::vector<int64_t>{-1, 0, -1, 1, -1}));
+  EXPECT_EQ(a.next, (std::vector<int64_t>{8, 3, 7, 1, 7}));
+}
+
+TEST(AcceptGreedyTree, RejectsMismatchedShapes) {
+  // Two siblings need 3 + 1 + 2 verifier nodes.
+  EXPECT_THROW(sl::accept_greedy_tree(ids({{1, 2, 3}}, 3), ids({{1, 2, 3, 4, 5}}, 5), siblings({{0, 1}}, {{5, 6}}, 2)),
+               c10::Error);
+}

@@ -367,3 +367,151 @@ TEST(SpeculativeGreedy, ConfidenceStoppedDraftingEqualsFullGreedy) {
   bad.speculative.draft_confidence = 1.5;
   EXPECT_THROW(sl::generate(m, {prompts[1]}, bad), std::invalid_argument);
 }
+
+namespace {
+sl::DecodeOptions tree(int64_t max_new, int draft_layer, int draft_tokens, int nodes, int64_t eos = 2) {
+  sl::DecodeOptions o = spec(max_new, draft_layer, draft_tokens, eos);
+  o.speculative.tree_nodes = nodes;
+  return o;
+}
+
+// A random 5-layer model (GQA) whose shallow sub-models are poor drafts, so chains are short and
+// the tree's alternatives decide how much a round gives.
+sl::Llama random_model() {
+  sl::ModelConfig c;
+  c.dim = 32, c.hidden_dim = 64, c.n_layers = 5, c.n_heads = 4, c.n_kv_heads = 2, c.vocab_size = 40, c.max_seq_len = 256;
+  sl::Llama m(c);
+  m->init_weights(0.5, 11);
+  return m;
+}
+
+// 12 prompts of 1..12 random tokens (BOS first).
+std::vector<std::vector<int>> random_prompts() {
+  torch::manual_seed(5);
+  std::vector<std::vector<int>> p;
+  for (int64_t n = 1; n <= 12; ++n) {
+    torch::Tensor t = torch::randint(3, 40, {n - 1}, torch::kInt64);
+    std::vector<int> q{1};
+    for (int64_t i = 0; i < n - 1; ++i) q.push_back((int)t[i].item<int64_t>());
+    p.push_back(q);
+  }
+  return p;
+}
+
+std::vector<sl::Generation> in_batches(sl::Llama& m, const std::vector<std::vector<int>>& prompts, size_t batch,
+                                       const sl::DecodeOptions& o, sl::DecodeStats* st) {
+  std::vector<sl::Generation> out;
+  for (size_t s = 0; s < prompts.size(); s += batch) {
+    const std::vector<std::vector<int>> part(prompts.begin() + (std::ptrdiff_t)s,
+                                             prompts.begin() + (std::ptrdiff_t)std::min(prompts.size(), s + batch));
+    for (auto& g : sl::generate(m, part, o, st)) out.push_back(g);
+  }
+  return out;
+}
+}  // namespace
+
+// Draft trees change which drafts are verified, never the output: tree greedy == chain greedy ==
+// plain greedy for draft layers 1, 2 and 4, draft lengths 1, 3, 6 and adaptive, 1, 2 and 5 tree
+// nodes, batches of 1..4 and all 12 prompts (these take the general layer path, smaller rounds the
+// fast one), EOS and the length limit inside rounds. The random model's drafts are weak, so the
+// alternatives are accepted often (rows keep slots after their chain).
+TEST(SpeculativeTree, EqualsChainAndPlainGreedyOnARandomModel) {
+  sl::Llama m = random_model();
+  const auto prompts = random_prompts();
+  // EOS: the token plain decoding of prompt 3 emits 7th, so some rows end at it and others reach 24.
+  const int64_t eos = sl::generate(m, {prompts[3]}, plain(24, 0, -1))[0].tokens[6];
+  std::vector<sl::Generation> want;
+  for (const auto& p : prompts) want.push_back(sl::generate(m, {p}, plain(24, 0, eos))[0]);
+  std::map<std::string, int> finish;
+  for (const auto& g : want) ++finish[g.finish_reason];
+  EXPECT_GT(finish["eos"], 0) << "no generation exercises EOS";
+  EXPECT_GT(finish["length"], 0) << "no generation exercises the length limit";
+  int64_t tree_accepted = 0, chain_accepted = 0;
+  for (int k : {1, 2, 4}) {
+    for (int n : {1, 3, 6, 0}) {
+      const std::string chain_what = "draft layer " + std::to_string(k) + ", draft tokens " + std::to_string(n);
+      expect_same(sl::generate(m, prompts, spec(24, k, n, eos)), want, chain_what + ", chain");
+      for (int nodes : {1, 2, 5}) {
+        const std::string what = chain_what + ", tree " + std::to_string(nodes);
+        sl::DecodeStats st;
+        expect_same(sl::generate(m, prompts, tree(24, k, n, nodes, eos), &st), want, what + ", batched");
+        EXPECT_GT(st.tree_nodes, 0) << what;
+        EXPECT_LE(st.tree_accepted, st.tree_nodes) << what;
+        EXPECT_LE(st.tree_accepted, st.rounds) << what << ": one alternative per row and round at most";
+        EXPECT_DOUBLE_EQ(st.mean_tokens_per_round(), (double)(st.accepted + st.tree_accepted + st.rounds) / (double)st.rounds);
+        tree_accepted += st.tree_accepted;
+        chain_accepted += st.accepted;
+        for (size_t batch : {(size_t)1, (size_t)2, (size_t)3, (size_t)4}) {
+          if ((size_t)nodes != batch && !(batch == 1 && n == 0)) continue;  // each size with a few settings
+          expect_same(in_batches(m, prompts, batch, tree(24, k, n, nodes, eos), nullptr), want,
+                      what + ", batch " + std::to_string(batch));
+        }
+      }
+    }
+  }
+  EXPECT_GT(tree_accepted, 0) << "no alternative was ever accepted: the tree is silently a chain";
+  EXPECT_GT(chain_accepted, 0);
+}
+
+// Every alternative that is not kept becomes a hole, so a tree round leaves up to N+M holes: with
+// long drafts and many nodes they fill the cache; output stays exact through the compactions, a
+// kept alternative's position included. A verifier below the full model too.
+TEST(SpeculativeTree, HolesAreCompactedAndOutputStaysExact) {
+  std::string dir = sl_test::stories_model_dir();
+  sl::Tokenizer tok(dir + "/tokenizer.model");
+  auto prompts = story_prompts(tok);
+  for (bool damped : {false, true}) {
+    sl::Llama m = damped ? sl_test::damped_stories_model(dir) : sl::load_model(dir);
+    const std::string what = damped ? "damped" : "stories";
+    auto want = sl::generate(m, prompts, plain(100));
+    sl::DecodeStats st;
+    expect_same(sl::generate(m, prompts, tree(100, 2, 8, 6), &st), want, what + ", draft layer 2, 8 tokens, tree 6");
+    EXPECT_GT(st.compactions, 0) << what << ": the test no longer exercises cache compaction";
+    EXPECT_GT(st.tree_accepted, 0) << what << ": no alternative was accepted";
+    auto sub = tree(60, 1, 3, 3);
+    sub.exit_layer = 4;
+    expect_same(sl::generate(m, prompts, sub), sl::generate(m, prompts, plain(60, 4)), what + ", verifier 4, draft 1");
+  }
+}
+
+// Alternatives are verified only where a chain drafted: `tree_nodes` counts M per row of every round
+// with drafts; with M nodes at one draft position (N = 1) the round is a pure fan-out.
+TEST(SpeculativeTree, StatsCountTheNodesVerified) {
+  std::string dir = sl_test::stories_model_dir();
+  sl::Llama m = sl::load_model(dir);
+  sl::Tokenizer tok(dir + "/tokenizer.model");
+  auto prompts = story_prompts(tok);
+  sl::DecodeStats st;
+  expect_same(sl::generate(m, prompts, tree(30, 1, 1, 4), &st), sl::generate(m, prompts, plain(30)), "draft layer 1, fan-out 4");
+  EXPECT_EQ(st.tree_nodes, 4 * st.drafted);  // one draft per round: every round with a draft has 4 alternatives
+  EXPECT_GT(st.tree_accepted, 0);
+  const nlohmann::json j = st.to_json();
+  EXPECT_EQ(j["tree_nodes"], st.tree_nodes);
+  EXPECT_EQ(j["tree_accepted"], st.tree_accepted);
+  sl::DecodeStats chain;
+  sl::generate(m, prompts, spec(30, 1, 1), &chain);
+  EXPECT_EQ(chain.tree_nodes, 0);
+  EXPECT_EQ(chain.to_json()["tree_accepted"], 0);
+  EXPECT_LT(st.rounds, chain.rounds) << "accepted alternatives should save rounds";
+}
+
+TEST(SpeculativeTree, SamplingAndNegativeNodesAreRefused) {
+  std::string dir = sl_test::stories_model_dir();
+  sl::Llama m = sl::load_model(dir);
+  auto sampled = tree(10, 2, 3, 2);
+  sampled.sampling.temperature = 0.8;
+  try {
+    sl::generate(m, {{1}}, sampled);
+    ADD_FAILURE() << "sampling with a draft tree was accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("draft trees are greedy only: --draft-tree needs --temperature 0"), std::string::npos)
+        << e.what();
+  }
+  auto negative = tree(10, 2, 3, -1);
+  try {
+    sl::generate(m, {{1}}, negative);
+    ADD_FAILURE() << "a negative node budget was accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("tree_nodes -1"), std::string::npos) << e.what();
+  }
+}

@@ -56,7 +56,8 @@ TEST(DecodeStats, DerivedFiguresAndEmptyStatsAreZero) {
 TEST(DecodeStats, MergeAddsEverythingAndAdoptsTheStrategyOnce) {
   sl::DecodeStats a, b;
   b.strategy = sl::Strategy::kSpeculative;
-  b.new_tokens = 4, b.decode_ms = 2, b.draft_ms = 1, b.verify_ms = 0.5, b.compactions = 1;
+  b.new_tokens = 4, b.decode_ms = 2, b.draft_ms = 1, b.verify_ms = 0.5, b.compactions = 1, b.tree_nodes = 6,
+  b.tree_accepted = 1;
   b.add_round(2, {2, 1});
   a.merge(b);  // a counted nothing: it becomes speculative
   EXPECT_EQ(a.strategy, sl::Strategy::kSpeculative);
@@ -66,6 +67,10 @@ TEST(DecodeStats, MergeAddsEverythingAndAdoptsTheStrategyOnce) {
   EXPECT_EQ(a.new_tokens, 8);
   EXPECT_EQ(a.drafted, 4 + 4 + 4);
   EXPECT_EQ(a.compactions, 2);
+  EXPECT_EQ(a.tree_nodes, 12);
+  EXPECT_EQ(a.tree_accepted, 2);
+  // Rounds 2 + 2 + 1 committed their accepted drafts (3 + 3 + 4), the alternatives (1 + 1) and a token each.
+  EXPECT_DOUBLE_EQ(a.mean_tokens_per_round(), (10.0 + 2 + 5) / 5);
   EXPECT_DOUBLE_EQ(a.draft_ms, 2.0);
   EXPECT_EQ(a.proposed_at, (std::vector<int64_t>{5, 5, 1, 1}));
   EXPECT_EQ(a.accepted_at, (std::vector<int64_t>{5, 3, 1, 1}));
@@ -85,7 +90,7 @@ TEST(DecodeStats, JsonHasTheCommonKeysAndOnlyItsStrategysOwn) {
                                            "ms_per_token", "decode_ms_per_token", "prefill_tokens_per_s", "prefill_ms_per_token"};
   const std::vector<std::string> speculative = {"drafted", "accepted", "rounds", "compactions", "acceptance_rate",
                                                 "mean_accepted_per_round", "mean_tokens_per_round", "draft_ms", "verify_ms",
-                                                "proposed_at", "accepted_at", "acceptance_rate_at"};
+                                                "tree_nodes", "tree_accepted", "proposed_at", "accepted_at", "acceptance_rate_at"};
   const std::vector<std::string> dynamic = {"exit_histogram", "layers_run", "mean_layers_per_token"};
   auto keys_of = [&](sl::Strategy st) {
     sl::DecodeStats s;

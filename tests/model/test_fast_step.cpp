@@ -110,6 +110,64 @@ TEST(FastStep, EqualsTheGeneralLayerForSeveralPositions) {
   }
 }
 
+// A draft tree's nodes: explicit rotary positions (siblings share one) and a mask that is not
+// causal (a node sees some earlier nodes, not all). The fast step reads both as the general layer does.
+TEST(FastStep, EqualsTheGeneralLayerForATreeMask) {
+  sl::Llama m = sl::load_model(sl_test::source_dir() + "/tests/data/ref_gqa");
+  torch::NoGradGuard g;
+  const auto& cfg = m->config();
+  sl::StepBuffers buf;
+  const int64_t R = 3, T = 4, S = 6 + T;
+  Batch b = filled_batch(m, R);
+  // Nodes: chain 0 -> 1, and two alternatives to node 1 (children of node 0) at node 1's depth.
+  Tensor tree = torch::tensor({1, 0, 0, 0, 1, 1, 0, 0, 1, 0, 1, 0, 1, 0, 0, 1}, torch::kBool).view({1, T, T});
+  Tensor prefix = b.key_mask.narrow(1, 0, 6).to(torch::kBool).unsqueeze(1).expand({R, T, 6});
+  Tensor mask = torch::cat({prefix, tree.expand({R, T, T})}, 2).unsqueeze(1);  // [R,1,T,S]
+  Tensor base = b.key_mask.narrow(1, 0, 6).sum(1, true);                       // [R,1]
+  Tensor positions = base + torch::tensor({0, 1, 1, 1}).view({1, T});           // [R,T]
+  sl::AttnInputs in = m->attn_inputs_at(positions, mask);
+  ASSERT_EQ(in.mask.size(3), S);
+  sl::KVCache general = copy_of(b.cache), fast = copy_of(b.cache);
+  Tensor x = torch::randn({R, T, cfg.dim});
+  ASSERT_TRUE(sl::fast_step_applies(x, &fast));
+  for (int i = 0; i < (int)cfg.n_layers; ++i) {
+    auto& layer = m->body->layers->at<sl::DecoderLayerImpl>(i);
+    Tensor want = layer.forward(x, in, &general, i);
+    Tensor got = sl::fast_layer_step(layer, x, in, fast, i, buf);
+    const std::string where = "layer " + std::to_string(i);
+    EXPECT_LT(sl_test::max_abs_diff(got, want), 1e-5) << where;
+    EXPECT_LT(sl_test::max_abs_diff(fast.k[i], general.k[i]), 1e-6) << where;
+    // Node 2 sees node 0 but not node 1: changing node 1's input leaves node 2's output alone.
+    Tensor x2 = x.clone();
+    x2.select(1, 1).add_(1.0);
+    sl::KVCache again = copy_of(b.cache);
+    Tensor moved = layer.forward(x2, in, &again, i);
+    EXPECT_LT(sl_test::max_abs_diff(moved.select(1, 2), want.select(1, 2)), 1e-6) << where;
+    EXPECT_GT(sl_test::max_abs_diff(moved.select(1, 1), want.select(1, 1)), 1e-3) << where;
+    x = want;
+  }
+}
+
+// Explicit positions and a causal mask give what attn_inputs gives from the key mask, on the
+// loops' path (few positions) and on the tensor path (many).
+TEST(FastStep, ExplicitPositionsEqualTheKeyMaskOnes) {
+  sl::Llama m = sl::load_model(sl_test::source_dir() + "/tests/data/ref_gqa");
+  torch::NoGradGuard g;
+  for (int64_t T : {3, 30}) {
+    const int64_t B = 2, q = 10, S = q + T;
+    Tensor key_mask = torch::ones({B, S}, torch::kInt64);
+    key_mask[1].narrow(0, 0, 3).fill_(0);
+    key_mask[1][5] = 0;
+    const sl::AttnInputs want = m->attn_inputs(key_mask, B, q, T);
+    Tensor positions = (key_mask.cumsum(1) - 1).narrow(1, q, T);  // [B,T]
+    const sl::AttnInputs got = m->attn_inputs_at(positions, want.mask.contiguous());
+    const std::string where = "T " + std::to_string(T);
+    EXPECT_TRUE(got.cos.equal(want.cos)) << where;
+    EXPECT_TRUE(got.sin.equal(want.sin)) << where;
+    EXPECT_TRUE(got.mask.equal(want.mask)) << where;
+  }
+}
+
 TEST(FastStep, AttentionInputsEqualTheTensorOnes) {
   // Two rows of 40 positions take the tensor-op path; a few positions at a time the loops.
   // Row 1 is left-padded by 3 and has a hole at 20, so its positions lag its slots.

@@ -1,7 +1,9 @@
 // Decoding, batched, with a KV cache: one entry point for every strategy (DecodeOptions::strategy).
 //   plain:       autoregressive decoding of sub-model exit_layer;
 //   speculative: a shallow sub-model of the same checkpoint drafts, sub-model exit_layer verifies
-//                (greedy output equals plain greedy output; sampling follows the verifier's
+//                a chain of drafts per round, or with speculative.tree_nodes a draft tree (greedy
+//                only) that also verifies alternatives where the draft was least sure (greedy
+//                output equals plain greedy output; sampling follows the verifier's
 //                distribution; see src/decode/speculative.cpp);
 //   dynamic:     each token leaves at the first exit that is confident enough, with CALM-style
 //                state copying for the layers it skips (see src/decode/dynamic.cpp).

@@ -39,6 +39,10 @@ struct SpeculativeParams {
   // still sure: a row stays sure while each of its drafts had a top probability (softmax of the
   // draft logits) of at least this.
   double draft_confidence = 0;
+  // > 0: a draft tree. Each row also verifies this many alternatives to its chain's drafts (leaves:
+  // the 2nd, 3rd... most likely draft tokens where the draft was least sure), and at its first
+  // rejected draft takes an alternative the verifier agrees with. Greedy only. 0 = the chain alone.
+  int tree_nodes = 0;
 };
 
 struct DynamicParams {

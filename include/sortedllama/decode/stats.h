@@ -26,6 +26,9 @@ struct DecodeStats {
   std::vector<int64_t> proposed_at;  // [j]: rounds that drafted a token at draft position j (0-based)
   std::vector<int64_t> accepted_at;  // [j]: rounds whose draft at position j was accepted
   double draft_ms = 0, verify_ms = 0;  // parts of decode_ms: the draft model's steps, the verifier's pass and acceptance
+  // Draft trees: alternatives verified beside the chains (per row, like drafted) and those accepted.
+  // drafted, accepted and the per-position counts are the chains' alone.
+  int64_t tree_nodes = 0, tree_accepted = 0;
 
   // Dynamic.
   std::map<int, int64_t> exit_histogram;  // exit layer -> tokens that left there
@@ -45,8 +48,8 @@ struct DecodeStats {
   double prefill_ms_per_token() const;  // prefill over the prompt tokens
   double acceptance_rate() const;       // accepted / drafted
   double mean_accepted_per_round() const;  // drafts accepted per round (the bonus token not counted)
-  // Tokens committed per round: the accepted drafts plus the verifier's own token after them (the
-  // bonus when every draft was accepted, else the correction).
+  // Tokens committed per round: the accepted drafts (and alternatives) plus the verifier's own token
+  // after them (the bonus when every draft was accepted, else the correction).
   double mean_tokens_per_round() const;
   std::vector<double> acceptance_rate_at() const;  // [j]: accepted_at[j] / proposed_at[j]
   double mean_layers_per_token() const;
@@ -55,7 +58,8 @@ struct DecodeStats {
   // decode_ms_per_token, prefill_tokens_per_s, prefill_ms_per_token. Only for their strategy (the
   // keys are absent otherwise): speculative drafted, accepted, rounds, compactions,
   // acceptance_rate, mean_accepted_per_round, mean_tokens_per_round, draft_ms, verify_ms,
-  // proposed_at, accepted_at, acceptance_rate_at (arrays by draft position); dynamic
+  // tree_nodes, tree_accepted, proposed_at, accepted_at, acceptance_rate_at (arrays by draft
+  // position); dynamic
   // exit_histogram ({"<layer>": tokens}), layers_run, mean_layers_per_token.
   nlohmann::json to_json() const;
 };

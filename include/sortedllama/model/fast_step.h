@@ -41,6 +41,8 @@ torch::Tensor fast_rmsnorm(const torch::Tensor& x, const torch::Tensor& weight, 
 // loops instead of a few dozen tensor ops per decoding step; inv_freq [hd/2] fp32.
 AttnInputs fast_attn_inputs(const torch::Tensor& key_mask, int64_t B, int64_t q_start, int64_t T,
                             const torch::Tensor& inv_freq);
+// Only its rotary tables (cos, sin [B,1,T,hd]; no mask), for explicit positions [B,T] int64 on the CPU.
+AttnInputs fast_rotary(const torch::Tensor& positions, const torch::Tensor& inv_freq);
 
 // fp32 CPU input [R,T,D] with T = 1 or R * T <= kMatvecRows (beyond, a GEMM is faster), a fp32
 // contiguous cache and autograd off.

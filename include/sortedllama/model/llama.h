@@ -118,6 +118,10 @@ class LlamaImpl : public torch::nn::Module {
   // token, S = q_start + T) marks padding; undefined means none. Rotary positions count real tokens,
   // so left-padded prompts get the positions they would have alone.
   AttnInputs attn_inputs(const torch::Tensor& key_mask, int64_t batch, int64_t q_start, int64_t T) const;
+  // The same for queries laid out by the caller (a speculative draft tree, whose siblings share a
+  // depth and see only their ancestors): positions [B,T] int64, each query's rotary position;
+  // mask [B,1,T,S] bool, true = may attend, S = the cache length once this call's keys are in.
+  AttnInputs attn_inputs_at(const torch::Tensor& positions, const torch::Tensor& mask) const;
   // 0-based i. One new position per row in fp32 on the CPU takes model/fast_step's path.
   torch::Tensor layer(int i, const torch::Tensor& x, const AttnInputs& in, KVCache* cache);
   // Layer i's K/V for the hidden state x [B,T,D] as its input, appended to the cache; no output.
