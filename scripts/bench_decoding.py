@@ -166,7 +166,10 @@ def main():
     args = ap.parse_args()
 
     with open(os.path.join(args.model, "config.json")) as f:
-        n_layers = json.load(f)["num_hidden_layers"]
+        config = json.load(f)
+    n_layers = config["num_hidden_layers"]
+    # generate --dynamic takes the model's calibrated thresholds (sortedllama calibrate) when it has them.
+    calibrated = "dynamic" in (config.get("decoding") or {})
     prompt_file = args.prompts
     if prompt_file and prompt_file.endswith(".jsonl"):
         prompt_file = jsonl_prompts(prompt_file, args.limit, os.path.join(args.out, "bench_prompts.jsonl"))
@@ -182,7 +185,7 @@ def main():
         if args.tree > 0:
             modes.append(("speculative", f"draft layer {k}, tree {args.tree}",
                           ["--speculative", "--draft-layer", str(k), "--draft-tree", str(args.tree)]))
-    modes += [("dynamic", "default thresholds", ["--dynamic"])]
+    modes += [("dynamic", "calibrated thresholds" if calibrated else "default thresholds", ["--dynamic"])]
     tuned = None
     if args.tune_prompts:
         mode, tuned = tuned_mode(args)
