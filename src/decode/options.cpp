@@ -126,4 +126,12 @@ DecodeOptions DecodeOptions::resolved(int n_layers) const {
   return o;
 }
 
+DecodeOptions greedy_options(int64_t max_new_tokens, int64_t eos_id, int64_t vocab_limit) {
+  DecodeOptions d;
+  d.max_new_tokens = max_new_tokens;
+  d.eos_id = eos_id;
+  d.sampling.vocab_limit = vocab_limit;
+  return d;
+}
+
 }  // namespace sl

@@ -43,13 +43,7 @@ struct Split {
   DecodeStats full;                   // and how long it took
 };
 
-DecodeOptions greedy(const CalibrateOptions& o) {
-  DecodeOptions d;
-  d.max_new_tokens = o.max_new_tokens;
-  d.eos_id = o.eos_id;
-  d.sampling.vocab_limit = o.vocab_limit;
-  return d;
-}
+DecodeOptions greedy(const CalibrateOptions& o) { return greedy_options(o.max_new_tokens, o.eos_id, o.vocab_limit); }
 
 // Dynamic decoding with these thresholds over the split, against its reference.
 AgreementCheck check_agreement(Llama& model, const Split& split, const std::vector<ExitThreshold>& thresholds,

@@ -25,10 +25,7 @@ const char* decode_mode_name(DecodeMode m) {
 namespace {
 // Greedy decoding with eval's stop rule.
 DecodeOptions stop_rule_of(const EvalGenOptions& opt) {
-  DecodeOptions g;
-  g.max_new_tokens = opt.max_new_tokens;
-  g.eos_id = opt.eos_id;
-  g.sampling.vocab_limit = opt.vocab_limit;
+  DecodeOptions g = greedy_options(opt.max_new_tokens, opt.eos_id, opt.vocab_limit);
   if (opt.stop) g.on_token = [&opt](size_t, const std::vector<int>& t) { return opt.stop(t); };
   return g;
 }

@@ -57,13 +57,7 @@ void check(const TuneOptions& o) {
   if (o.max_new_tokens < 1) throw std::invalid_argument("max_new_tokens must be at least 1");
 }
 
-DecodeOptions greedy(const TuneOptions& o) {
-  DecodeOptions d;
-  d.max_new_tokens = o.max_new_tokens;
-  d.eos_id = o.eos_id;
-  d.sampling.vocab_limit = o.vocab_limit;
-  return d;
-}
+DecodeOptions greedy(const TuneOptions& o) { return greedy_options(o.max_new_tokens, o.eos_id, o.vocab_limit); }
 
 void synchronize(const torch::Device& d) {
   if (d.is_cuda()) torch::cuda::synchronize(d.index());

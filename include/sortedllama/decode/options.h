@@ -71,4 +71,8 @@ struct DecodeOptions : StopRule {
   DecodeOptions resolved(int n_layers) const;
 };
 
+// Plain greedy decoding of the full model with this new-token budget and EOS, choosing only ids
+// below vocab_limit (> 0; see SamplingParams).
+DecodeOptions greedy_options(int64_t max_new_tokens, int64_t eos_id, int64_t vocab_limit);
+
 }  // namespace sl
