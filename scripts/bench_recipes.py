@@ -1,9 +1,15 @@
 #!/usr/bin/python3
-"""Training recipes on one budget: SFT and every named recipe (plus --variant runs) fine-tune the
-real pretrained stories260K on the same short Alpaca records with the same seed and steps; each
-final model's response-only NLL per exit on held-out records comes from `sortedllama eval --task
-loss`. Writes OUT/recipes.json, OUT/recipes.md and OUT/recipes_loss.svg (per-exit loss curves of
-every run overlaid, drawn by `eval --plot --overlay`).
+"""Training recipes on one budget, in two parts (--parts):
+
+  stories  SFT and every named recipe (plus --variant runs) fine-tune the real pretrained stories260K on
+           the same short Alpaca records with the same seed and steps; each final model's response-only
+           NLL per exit on held-out records comes from `sortedllama eval --task loss`.
+  demo     the same runs train the demo's model from scratch on its synthetic set (configs/demo.json,
+           data and tokenizer from `scripts/demo.sh --data-only`); each final model's exact match per
+           exit on the demo's test questions comes from `sortedllama eval --task instruct`.
+
+Writes OUT/recipes.json, OUT/recipes.md, OUT/recipes_loss.svg and OUT/recipes_demo_exact_match.svg
+(per-exit curves of every run overlaid, drawn by `eval --plot --overlay`).
 
 Driver of scripts/bench_recipes.sh; run that.
 """
@@ -19,11 +25,12 @@ from bench_machine import machine
 
 RECIPES = ["soft", "layerskip", "lite", "anchored"]
 RECOMMENDED = "anchored"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run(cmd, log):
+def run(cmd, log, env=None):
     with open(log, "w") as f:
-        p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+        p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     if p.returncode != 0:
         sys.exit(f"error: {' '.join(cmd)} failed (exit {p.returncode}); see {log}")
 
@@ -54,76 +61,177 @@ def runs_to_do(args):
     return todo
 
 
-def train_and_eval(args, label, sets, config, held, work):
-    out = f"{work}/runs/{label}"
+class Stories:
+    """stories260K fine-tuned on short real Alpaca records; held-out response-only NLL per exit."""
+    name, metric, plot_file = "stories", "loss", "recipes_loss.svg"
+
+    def __init__(self, args):
+        self.args, self.work = args, f"{args.work}/stories"
+        os.makedirs(self.work, exist_ok=True)
+        model = f"{self.work}/stories260K"
+        if not os.path.exists(f"{model}/config.json"):
+            src = f"{args.shared}/models/stories260K"
+            run([args.bin, "convert", "--from", "llama2c", "--input", f"{src}/stories260K.bin", "--tokenizer",
+                 f"{src}/tok512.model", "--out", model], f"{self.work}/convert.log")
+        train, held_out = short_records(f"{args.shared}/data/alpaca/alpaca_data_cleaned.json", args.max_chars,
+                                        args.train, args.held_out)
+        write_jsonl(f"{self.work}/train.jsonl", train)
+        self.held = f"{self.work}/held_out.jsonl"
+        write_jsonl(self.held, held_out)
+        self.config = f"{self.work}/config.json"
+        json.dump({"model": model, "exits": "all",
+                   "data": {"train": f"{self.work}/train.jsonl", "format": "alpaca", "max_seq_len": 512},
+                   "train": {"batch_size": args.batch_size, "lr": args.lr, "max_steps": args.steps, "seed": args.seed},
+                   "log": {"every": 50}}, open(self.config, "w"), indent=2)
+        self.n_layers = json.load(open(f"{model}/config.json"))["num_hidden_layers"]
+        self.train_sets = []
+        self.eval_args = ["--task", "loss", "--data", self.held]
+        self.settings = {"model": "stories260K (convert --from llama2c)", "n_layers": self.n_layers,
+                         "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+                         "schedule": "cosine, warmup 3%", "train_records": args.train,
+                         "held_out_records": args.held_out, "max_chars": args.max_chars, "seed": args.seed,
+                         "threads": args.threads}
+
+    def targets(self, exits, sft):
+        """Full model within 0.15 nats of SFT's; every exit <= L/2 at least 3 nats better."""
+        L = self.n_layers
+        full_gap = exits[str(L)] - sft[str(L)]
+        shallow = {k: sft[k] - exits[k] for k in exits if int(k) <= L / 2}
+        return {"full_gap_nats": full_gap, "shallow_gain_nats": shallow,
+                "met": full_gap <= 0.15 and all(g >= 3 for g in shallow.values())}
+
+    def target_cells(self, t):
+        return [f"{t['full_gap_nats']:+.3f}", ", ".join(f"{k}: {v:+.2f}" for k, v in t["shallow_gain_nats"].items())]
+
+    def describe(self):
+        s = self.settings
+        return ["## stories260K, real Alpaca: held-out loss", "",
+                "Held-out response-only NLL (nats/token, `eval --task loss`) per exit after "
+                f"{s['steps']} steps of {s['batch_size']} (lr {s['lr']}, cosine) on {s['train_records']} Alpaca "
+                f"records of at most {s['max_chars']} characters; {s['held_out_records']} held-out records; seed "
+                f"{s['seed']} for every run. Lower is better. Target: full model within 0.15 nats of SFT's, every "
+                "exit ≤ L/2 at least 3 nats better than SFT's.", ""]
+
+    target_headers = ["full − SFT", "exits ≤ L/2: SFT − run"]
+
+
+class Demo:
+    """The demo's model trained from scratch on its synthetic set; exact match per exit on its test set."""
+    name, metric, plot_file = "demo", "exact_match", "recipes_demo_exact_match.svg"
+
+    def __init__(self, args):
+        self.args, self.work = args, f"{args.work}/demo"
+        os.makedirs(self.work, exist_ok=True)
+        data = os.path.abspath(args.demo_data)
+        if not (os.path.exists(f"{data}/tokenizer.model") and os.path.exists(f"{data}/data/test.jsonl")):
+            run([f"{ROOT}/scripts/demo.sh", "--data-only", "--out", data], f"{self.work}/data.log",
+                env=dict(os.environ, SORTEDLLAMA=args.bin))
+        self.config = f"{ROOT}/configs/demo.json"
+        cfg = json.load(open(self.config))
+        self.n_layers = cfg["init"]["num_hidden_layers"]
+        steps = args.demo_steps or cfg["train"]["max_steps"]
+        self.train_sets = [f"tokenizer={data}/tokenizer.model", f"data.train={data}/data/train.jsonl",
+                           f"data.valid={data}/data/valid.jsonl", f"train.max_steps={steps}"]
+        test = f"{data}/data/test.jsonl"
+        self.eval_args = ["--task", "instruct", "--data", test, "--max-new-tokens", "16", "--batch-size", "50"]
+        self.settings = {"model": f"configs/demo.json ({self.n_layers} layers, from scratch)", "n_layers": self.n_layers,
+                         "steps": steps, "batch_size": cfg["train"]["batch_size"], "lr": cfg["train"]["lr"],
+                         "seed": cfg["train"]["seed"], "test_questions": sum(1 for _ in open(test)),
+                         "threads": args.threads}
+
+    def targets(self, exits, sft):
+        """Last exit within 2 points of SFT's exact match; exit 1 at least 4x SFT's."""
+        L = str(self.n_layers)
+        last_gap = 100 * (exits[L] - sft[L])
+        ratio = exits["1"] / sft["1"] if sft["1"] > 0 else None  # None: SFT's exit 1 answers nothing
+        shallow_ok = exits["1"] > 0 if ratio is None else ratio >= 4
+        return {"last_gap_points": last_gap, "exit1_ratio": ratio, "met": last_gap >= -2 and shallow_ok}
+
+    def target_cells(self, t):
+        ratio = "SFT 0" if t["exit1_ratio"] is None else f"{t['exit1_ratio']:.1f}x"
+        return [f"{t['last_gap_points']:+.1f}", ratio]
+
+    def describe(self):
+        s = self.settings
+        return ["## The demo's synthetic set: exact match", "",
+                f"Exact match per exit (`eval --task instruct`, greedy, {s['test_questions']} test questions) of the "
+                f"demo's {s['n_layers']}-layer model trained from scratch by each run for {s['steps']} steps of "
+                f"{s['batch_size']} (lr {s['lr']}, configs/demo.json), seed {s['seed']} for every run. Higher is "
+                "better. Target: last exit within 2 points of SFT's, exit 1 at least 4x SFT's.", ""]
+
+    target_headers = ["last − SFT (points)", "exit 1: run / SFT"]
+
+
+def train_and_eval(args, part, label, sets):
+    out = f"{part.work}/runs/{label}"
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.time()
-    cmd = [args.bin, "--threads", str(args.threads), "finetune", "--config", config, "--set", f"out_dir={out}"]
-    for s in sets:
+    cmd = [args.bin, "--threads", str(args.threads), "finetune", "--config", part.config, "--set", f"out_dir={out}"]
+    for s in part.train_sets + sets:
         cmd += ["--set", s]
-    run(cmd, f"{work}/{label}.train.log")
+    run(cmd, f"{part.work}/{label}.train.log")
     seconds = time.time() - t0
-    ev = f"{work}/eval/{label}"
-    run([args.bin, "eval", "--model", f"{out}/final", "--task", "loss", "--data", held, "--exits", "all",
-         "--out", ev, "--label", label], f"{work}/{label}.eval.log")
+    ev = f"{part.work}/eval/{label}"
+    run([args.bin, "eval", "--model", f"{out}/final", "--exits", "all", "--out", ev, "--label", label] + part.eval_args,
+        f"{part.work}/{label}.eval.log")
     exits = json.load(open(f"{ev}/results.json"))["exits"]
     last = [json.loads(l) for l in open(f"{out}/metrics.jsonl") if '"train"' in l][-1]
-    return {"label": label, "sets": sets, "train_seconds": seconds,
-            "final_train_loss": last["loss"],
-            "exit_loss": {k: v["loss"] for k, v in sorted(exits.items(), key=lambda kv: int(kv[0]))}}
+    return {"label": label, "sets": sets, "train_seconds": seconds, "final_train_loss": last["loss"],
+            f"exit_{part.metric}": {k: v[part.metric] for k, v in sorted(exits.items(), key=lambda kv: int(kv[0]))}}
 
 
-def plot(args, results, held, work):
-    """One chart of every run's per-exit loss: the recommended recipe's eval with the others overlaid."""
+def plot(args, part, results):
+    """One chart of every run's per-exit metric: the recommended recipe's eval with the others overlaid."""
     main = next((r for r in results if r["label"] == RECOMMENDED), results[-1])["label"]
     overlay = []
     for r in results:
         if r["label"] != main:
-            overlay += ["--overlay", f"{work}/eval/{r['label']}/results.json"]
-    run([args.bin, "eval", "--model", f"{work}/runs/{main}/final", "--task", "loss", "--data", held, "--exits", "all",
-         "--out", f"{work}/plot", "--label", main, "--plot"] + overlay, f"{work}/plot.log")
-    shutil.copy(f"{work}/plot/plot_loss.svg", f"{args.out}/recipes_loss.svg")
+            overlay += ["--overlay", f"{part.work}/eval/{r['label']}/results.json"]
+    run([args.bin, "eval", "--model", f"{part.work}/runs/{main}/final", "--exits", "all", "--out", f"{part.work}/plot",
+         "--label", main, "--plot"] + part.eval_args + overlay, f"{part.work}/plot.log")
+    shutil.copy(f"{part.work}/plot/plot_{part.metric}.svg", f"{args.out}/{part.plot_file}")
 
 
-def targets(results, n_layers):
-    """The recipe's goals against SFT: full model within 0.15 nats; every exit <= L/2 >= 3 nats better."""
-    sft = next(r for r in results if r["label"] == "sft")["exit_loss"]
-    out = {}
-    for r in results:
-        if r["label"] == "sft":
-            continue
-        e = r["exit_loss"]
-        full_gap = e[str(n_layers)] - sft[str(n_layers)]
-        shallow = {k: sft[k] - e[k] for k in e if int(k) <= n_layers / 2}
-        out[r["label"]] = {"full_gap_nats": full_gap, "shallow_gain_nats": shallow,
-                           "met": full_gap <= 0.15 and all(g >= 3 for g in shallow.values())}
-    return out
+def run_part(args, part):
+    results = []
+    for label, sets in runs_to_do(args):
+        print(f"-- {part.name} {label}: {' '.join(sets)}", flush=True)
+        results.append(train_and_eval(args, part, label, sets))
+        print("   " + " ".join(f"{k}:{v:.3f}" for k, v in results[-1][f"exit_{part.metric}"].items()), flush=True)
+    plot(args, part, results)
+    sft = next(r for r in results if r["label"] == "sft")[f"exit_{part.metric}"]
+    targets = {r["label"]: part.targets(r[f"exit_{part.metric}"], sft) for r in results if r["label"] != "sft"}
+    return {"settings": part.settings, "results": results, "targets": targets, "plot": part.plot_file}
 
 
-def write_markdown(path, doc):
-    res, n_layers = doc["results"], doc["settings"]["n_layers"]
-    lines = ["# Training recipes on one budget (stories260K, real Alpaca)", "",
-             f"Machine: {doc['machine']['cpu']} ({doc['machine']['cores']} cores), {doc['machine']['sortedllama']}", "",
-             f"Command: `{doc['command']}`", "",
-             "Held-out response-only NLL (nats/token, `eval --task loss`) per exit after "
-             f"{doc['settings']['steps']} steps of {doc['settings']['batch_size']} "
-             f"(lr {doc['settings']['lr']}, cosine) on {doc['settings']['train_records']} Alpaca records of at most "
-             f"{doc['settings']['max_chars']} characters; {doc['settings']['held_out_records']} held-out records; seed "
-             f"{doc['settings']['seed']} for every run. Lower is better.", "",
-             "| run | " + " | ".join(f"exit {k}" + (" (full)" if k == n_layers else "") for k in range(1, n_layers + 1)) +
-             " | full − SFT | exits ≤ L/2: SFT − run | target met | train s |",
-             "|---|" + "---:|" * (n_layers + 4)]
-    for r in res:
+def part_table(part, doc):
+    L = doc["settings"]["n_layers"]
+    lines = part.describe()
+    lines += ["| run | " + " | ".join(f"exit {k}" + (" (full)" if k == L else "") for k in range(1, L + 1)) + " | " +
+              " | ".join(part.target_headers) + " | target met | train s |",
+              "|---|" + "---:|" * (L + 4)]
+    for r in doc["results"]:
         t = doc["targets"].get(r["label"])
-        cells = [f"{r['exit_loss'][str(k)]:.3f}" for k in range(1, n_layers + 1)]
-        gap = f"{t['full_gap_nats']:+.3f}" if t else "—"
-        gains = ", ".join(f"{k}: {v:+.2f}" for k, v in t["shallow_gain_nats"].items()) if t else "—"
-        met = ("yes" if t["met"] else "no") if t else "—"
+        cells = [f"{r[f'exit_{part.metric}'][str(k)]:.3f}" for k in range(1, L + 1)]
+        cells += part.target_cells(t) + ["yes" if t["met"] else "no"] if t else ["—"] * 3
         name = r["label"] + (" (recommended)" if r["label"] == RECOMMENDED else "")
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {gap} | {gains} | {met} | {r['train_seconds']:.0f} |")
-    lines += ["", "Settings per run (`--set`): " + "; ".join(f"{r['label']}: `{' '.join(r['sets'])}`" for r in res),
-              "", "Plot: recipes_loss.svg (per-exit loss of every run).", ""]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {r['train_seconds']:.0f} |")
+    lines += ["", "Settings per run (`--set`): " + "; ".join(f"{r['label']}: `{' '.join(r['sets'])}`"
+                                                            for r in doc["results"]),
+              "", f"Plot: {doc['plot']} (per-exit {part.metric} of every run).", ""]
+    return lines
+
+
+def write_markdown(path, doc, parts):
+    lines = ["# Training recipes on one budget", "",
+             f"Machine: {doc['machine']['cpu']} ({doc['machine']['cores']} cores), {doc['machine']['sortedllama']}", "",
+             f"Command: `{doc['command']}`", ""]
+    for part in parts:
+        lines += part_table(part, doc["parts"][part.name])
     open(path, "w").write("\n".join(lines))
+
+
+PARTS = {"stories": Stories, "demo": Demo}
 
 
 def main():
@@ -132,52 +240,30 @@ def main():
     ap.add_argument("--shared", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--work", required=True)
-    ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--train", type=int, default=4000)
-    ap.add_argument("--held-out", type=int, default=200)
-    ap.add_argument("--max-chars", type=int, default=160)
-    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--parts", type=lambda s: s.split(","), default=list(PARTS))
+    ap.add_argument("--steps", type=int, default=200, help="stories: optimizer steps")
+    ap.add_argument("--batch-size", type=int, default=16, help="stories: sequences per step")
+    ap.add_argument("--lr", type=float, default=1e-3, help="stories: peak learning rate")
+    ap.add_argument("--train", type=int, default=4000, help="stories: training records")
+    ap.add_argument("--held-out", type=int, default=200, help="stories: held-out records")
+    ap.add_argument("--max-chars", type=int, default=160, help="stories: longest record kept")
+    ap.add_argument("--seed", type=int, default=42, help="stories: seed of every run")
+    ap.add_argument("--demo-data", default=f"{ROOT}/runs/demo", help="demo: data/ and tokenizer.model (made if absent)")
+    ap.add_argument("--demo-steps", type=int, default=0, help="demo: optimizer steps (0: configs/demo.json's)")
     ap.add_argument("--threads", type=int, default=0, help="finetune's intra-op threads (0: one per core)")
     ap.add_argument("--recipes", type=lambda s: s.split(","), default=RECIPES)
     ap.add_argument("--variant", action="append", default=[], help="LABEL=key=value,key=value: one more soft run")
     ap.add_argument("--command", default="scripts/bench_recipes.sh")
     args = ap.parse_args()
-    os.makedirs(f"{args.work}/runs", exist_ok=True)
+    for p in args.parts:
+        if p not in PARTS:
+            sys.exit(f"error: --parts {p}: expected a comma-separated list of {', '.join(PARTS)}")
     os.makedirs(args.out, exist_ok=True)
-
-    model = f"{args.work}/stories260K"
-    if not os.path.exists(f"{model}/config.json"):
-        src = f"{args.shared}/models/stories260K"
-        run([args.bin, "convert", "--from", "llama2c", "--input", f"{src}/stories260K.bin", "--tokenizer",
-             f"{src}/tok512.model", "--out", model], f"{args.work}/convert.log")
-    train, held_out = short_records(f"{args.shared}/data/alpaca/alpaca_data_cleaned.json", args.max_chars,
-                                    args.train, args.held_out)
-    write_jsonl(f"{args.work}/train.jsonl", train)
-    held = f"{args.work}/held_out.jsonl"
-    write_jsonl(held, held_out)
-    config = f"{args.work}/config.json"
-    json.dump({"model": model, "exits": "all", "data": {"train": f"{args.work}/train.jsonl", "format": "alpaca",
-                                                        "max_seq_len": 512},
-               "train": {"batch_size": args.batch_size, "lr": args.lr, "max_steps": args.steps, "seed": args.seed},
-               "log": {"every": 50}}, open(config, "w"), indent=2)
-
-    results = []
-    for label, sets in runs_to_do(args):
-        print(f"-- {label}: {' '.join(sets)}", flush=True)
-        results.append(train_and_eval(args, label, sets, config, held, args.work))
-        print("   " + " ".join(f"{k}:{v:.3f}" for k, v in results[-1]["exit_loss"].items()), flush=True)
-    n_layers = json.load(open(f"{model}/config.json"))["num_hidden_layers"]
-    plot(args, results, held, args.work)
+    parts = [PARTS[p](args) for p in args.parts]
     doc = {"machine": machine(args.bin), "command": args.command,
-           "settings": {"model": "stories260K (convert --from llama2c)", "n_layers": n_layers, "steps": args.steps,
-                        "batch_size": args.batch_size, "lr": args.lr, "schedule": "cosine, warmup 3%",
-                        "train_records": args.train, "held_out_records": args.held_out, "max_chars": args.max_chars,
-                        "seed": args.seed, "threads": args.threads},
-           "results": results, "targets": targets(results, n_layers)}
+           "parts": {part.name: run_part(args, part) for part in parts}}
     json.dump(doc, open(f"{args.out}/recipes.json", "w"), indent=2)
-    write_markdown(f"{args.out}/recipes.md", doc)
+    write_markdown(f"{args.out}/recipes.md", doc, parts)
     print(open(f"{args.out}/recipes.md").read())
 
 

@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# Training recipes on one budget: SFT and the recipes soft (the paper), layerskip, lite and anchored
-# fine-tune stories260K (real, pretrained) on 4,000 short real Alpaca records for 200 steps of 16
-# (lr 1e-3, cosine), same seed; then `eval --task loss` per exit on 200 held-out records.
-# Writes bench/recipes.{json,md} and bench/recipes_loss.svg; work files in runs/bench_recipes/.
+# Training recipes on one budget: SFT and the recipes soft (the paper), layerskip, lite and anchored,
+# same seed and steps for every run, in two parts:
+#   stories  fine-tune stories260K (real, pretrained) on 4,000 short real Alpaca records for 200 steps of
+#            16 (lr 1e-3, cosine); `eval --task loss` per exit on 200 held-out records.
+#   demo     train the demo's model from scratch on its synthetic set (configs/demo.json; data and tokenizer
+#            from `scripts/demo.sh --data-only` unless --demo-data has them); `eval --task instruct` exact
+#            match per exit on its 200 test questions.
+# Writes bench/recipes.{json,md}, bench/recipes_loss.svg and bench/recipes_demo_exact_match.svg; work files
+# in runs/bench_recipes/.
 #
-#   scripts/bench_recipes.sh [--steps N] [--train N] [--held-out N] [--seed N] [--threads N] [--recipes a,b]
-#                            [--variant LABEL=key=value,key=value ...]
+#   scripts/bench_recipes.sh [--parts stories,demo] [--threads N] [--recipes a,b] [--variant LABEL=key=value,...]
+#                            [--steps N] [--train N] [--held-out N] [--seed N]     (stories)
+#                            [--demo-steps N] [--demo-data DIR]                     (demo)
+#                            [--out DIR] [--work DIR]
 #
 # SORTEDLLAMA=path/to/binary overrides the binary (default: build/sortedllama).
 set -euo pipefail

@@ -6,11 +6,28 @@
 #   -> per-exit exact match and loss for both, and exact match per task (tables + SVG plots)
 #   -> one answer from a shallow exit, and the paper's Table 2 for the SoFT model (static exits,
 #      speculative decoding, early exit: speed against full decoding, agreement with it).
-# Reruns reuse what exists (and start over when the settings below or configs/demo.json change);
-# --fresh starts over. Output: runs/demo/. About 6 minutes on 2 idle CPU cores.
+# Reruns reuse what exists (and start over when the settings below or configs/demo.json change).
+# About 6 minutes on 2 idle CPU cores.
+#
+#   scripts/demo.sh [--fresh] [--data-only] [--out DIR]
+#
+# --fresh starts over; --data-only stops after the data and the tokenizer (scripts/bench_recipes.sh
+# trains on them); --out DIR writes there instead of runs/demo. SORTEDLLAMA=path/to/binary uses that
+# binary instead of setting up and building build/sortedllama.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=runs/demo
+FRESH=0
+DATA_ONLY=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --fresh) FRESH=1 ;;
+    --data-only) DATA_ONLY=1 ;;
+    --out) [ $# -ge 2 ] || { echo "error: --out needs a directory" >&2; exit 2; }; OUT=$2; shift ;;
+    *) echo "error: unknown option $1 (expected --fresh, --data-only or --out DIR)" >&2; exit 2 ;;
+  esac
+  shift
+done
 CONFIG=configs/demo.json
 SYNTH=(--train 20000 --valid 300 --test 200 --seed 1)
 # Digits split so that arithmetic sees one token per digit; no byte fallback keeps sequences short.
@@ -25,14 +42,18 @@ SPM=(--vocab_size=800 --model_type=bpe --split_digits=true --character_coverage=
      --user_defined_symbols="$TEMPLATE_PIECES" --unk_id=0 --bos_id=1 --eos_id=2 --pad_id=-1)
 
 stamp=$({ cat "$CONFIG"; echo "${SYNTH[*]} ${SPM[*]}"; } | sha256sum | cut -c1-16)
-if [ "${1:-}" = "--fresh" ]; then
+if [ "$FRESH" = 1 ]; then
   rm -rf "$OUT"
 elif [ -d "$OUT" ] && [ "$(cat "$OUT/settings.sha" 2>/dev/null)" != "$stamp" ]; then
   echo "settings changed since $OUT was made: starting over"
   rm -rf "$OUT"
 fi
-scripts/setup.sh
-BIN=build/sortedllama
+if [ -n "${SORTEDLLAMA:-}" ]; then
+  BIN=$SORTEDLLAMA
+else
+  scripts/setup.sh
+  BIN=build/sortedllama
+fi
 mkdir -p "$OUT"
 echo "$stamp" >"$OUT/settings.sha"
 SECONDS=0
@@ -46,14 +67,18 @@ if [ ! -f "$OUT/tokenizer.model" ]; then
 else
   echo "reusing $OUT/tokenizer.model"
 fi
+[ "$DATA_ONLY" = 1 ] && exit 0
 
 echo "== 3/5 training SoFT and SFT (same model, data, steps)"
+# configs/demo.json names runs/demo; these follow --out.
+DATA_SETS=(--set tokenizer="$OUT/tokenizer.model" --set data.train="$OUT/data/train.jsonl" --set data.valid="$OUT/data/valid.jsonl")
 for method in soft sft; do
   if [ -f "$OUT/$method/final/model.safetensors" ]; then
     echo "reusing $OUT/$method/final"
   else
     echo "-- $method ($(date +%T))"
-    "$BIN" finetune --config "$CONFIG" --set method="$method" --set out_dir="$OUT/$method" >"$OUT/$method.config.log"
+    "$BIN" finetune --config "$CONFIG" --set method="$method" --set out_dir="$OUT/$method" "${DATA_SETS[@]}" \
+      >"$OUT/$method.config.log"
   fi
 done
 
