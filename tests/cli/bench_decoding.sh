@@ -32,4 +32,6 @@ for r in d["results"]:
         assert (r["tree_nodes"] > 0) == ("tree" in r["setting"]) and r["tree_accepted"] <= r["tree_nodes"], r
 full = d["results"][0]
 assert full["mode"] == "full" and full["speedup"] == 1.0 and full["decode_speedup"] == 1.0, full
+assert 0 < d["full_prefill_share"] < 1 and abs(d["exact_speedup_ceiling"] * d["full_prefill_share"] - 1) < 1e-12, d
 PY
+grep -q "neither can be more than [0-9.]*x faster end to end" "$WORK/bench/decoding.md" || fail "no end-to-end ceiling line"
