@@ -141,8 +141,10 @@ def worker(args):
             mask[b, : len(ids)] = 1
         t0 = time.perf_counter()
         labelled = labels >= 0
-        logits = forward(tokens, mask, labelled, exits)
-        loss = sum(F.cross_entropy(lg, labels[labelled]) for lg in logits) / len(logits)
+        # bf16: the usual mixed precision, fp32 weights and optimizer with bf16 matrix products (autocast).
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            logits = forward(tokens, mask, labelled, exits)
+            loss = sum(F.cross_entropy(lg.float(), labels[labelled]) for lg in logits) / len(logits)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
@@ -267,9 +269,10 @@ def run_sortedllama(args, bin_path, cfg_path, work, name, method, skip, extra=()
     return res
 
 
-def run_pytorch(args, data, work, name, setting, method, steps, skip):
+def run_pytorch(args, data, work, name, setting, method, steps, skip, precision="fp32"):
     log = os.path.join(work, name + ".out")
-    rc, rss, _ = run_measured([sys.executable, __file__, "--worker", method, "--setting", setting, "--data", data,
+    rc, rss, _ = run_measured([sys.executable, __file__, "--worker", method, "--precision", precision,
+                               "--setting", setting, "--data", data,
                                "--tokenizer", args.tokenizer, "--steps", str(steps), "--skip", str(skip),
                                "--batch-size", str(SETTINGS[setting]["batch_size"]), "--max-seq-len",
                                str(args.max_seq_len), "--threads", str(args.threads), "--seed", str(args.seed)], log)
@@ -293,18 +296,19 @@ def bench_setting(args, setting, work, alpaca):
     cfg_path = os.path.join(work, f"{setting}-config.json")
     json.dump(cfg, open(cfg_path, "w"), indent=1)
 
-    impls = [("sortedllama", args.bin, ()), ("pytorch", None, ())]
+    impls = [("sortedllama", args.bin, ()), ("pytorch", None, "fp32")]
     if args.baseline_bin:
         impls.insert(1, ("sortedllama-baseline", args.baseline_bin, ()))
     if args.bf16:
         impls.insert(1, ("sortedllama-bf16", args.bin, ("--set", "train.precision=bf16")))
+        impls.append(("pytorch-bf16", None, "bf16"))
     runs = {}  # (impl, method) -> one result per repeat
     for rep in range(args.repeat):
         for method in ("sft", "soft"):
             for impl, bin_path, sets in impls:
                 name = f"{setting}-{impl}-{method}-{rep}"
                 print(f"== {name}: {steps} steps (the first {skip} untimed)", file=sys.stderr, flush=True)
-                res = run_pytorch(args, data, work, name, setting, method, steps, skip) if bin_path is None \
+                res = run_pytorch(args, data, work, name, setting, method, steps, skip, sets) if bin_path is None \
                     else run_sortedllama(args, bin_path, cfg_path, work, name, method, skip, sets=sets)
                 runs.setdefault((impl, method), []).append(res)
     if args.scaling:  # data parallel on this machine: 2 Gloo ranks, replicated and sharded optimizer
@@ -361,6 +365,7 @@ def bench_setting(args, setting, work, alpaca):
         for m in ("sft", "soft"):
             summary[f"bf16_vs_fp32_speed_{m}"] = paired(("sortedllama-bf16", m), ("sortedllama", m))
             summary[f"bf16_vs_fp32_rss_{m}"] = paired(("sortedllama-bf16", m), ("sortedllama", m), "peak_rss_mib")
+            summary[f"sortedllama_vs_pytorch_speed_bf16_{m}"] = paired(("sortedllama-bf16", m), ("pytorch-bf16", m))
     if args.scaling:
         one = runs[("sortedllama", "soft")][-1]
         for impl in ("sortedllama-2ranks", "sortedllama-2ranks-zero2"):
@@ -432,7 +437,9 @@ def main():
     ap.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--bin")
     ap.add_argument("--baseline-bin", help="also run this sortedllama binary, interleaved (before/after)")
-    ap.add_argument("--bf16", action="store_true", help="also sortedllama with train.precision bf16 (CPU bf16 matmuls), interleaved")
+    ap.add_argument("--bf16", action="store_true", help="also sortedllama with train.precision bf16 (CPU bf16 matmuls) "
+                    "and the PyTorch loop under bf16 autocast, interleaved")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help=argparse.SUPPRESS)
     ap.add_argument("--out", default="bench")
     ap.add_argument("--alpaca")
     ap.add_argument("--tokenizer", required=True)
