@@ -137,22 +137,14 @@ TaskResult run_task(const EvalArgs& a, const GlobalOptions& g) {
     o.batch_size = a.batch_size;
     o.eos_id = cfg.eos_id;
     o.vocab_limit = m.tokenizer->vocab_size();
-    o.draft_layer = a.draft_layer;
-    o.draft_tokens = a.draft_tokens;
-    o.draft_confidence = a.draft_confidence;
-    if (o.decode == DecodeMode::kSpeculative && !a.exits_given) {  // explicit --exits: one row per draft exit
-      const SpeculativeParams p = choose_speculative(
+    o.speculative.draft_layer = a.draft_layer;
+    o.speculative.draft_tokens = a.draft_tokens;
+    o.speculative.draft_confidence = a.draft_confidence;
+    if (o.decode == DecodeMode::kSpeculative && !a.exits_given)  // explicit --exits: one row per draft exit
+      o.speculative = choose_speculative(
           {a.draft_layer, a.draft_tokens, a.draft_confidence, a.draft_tokens_given, a.draft_confidence_given}, true, m, a.model);
-      o.draft_layer = p.draft_layer;
-      o.draft_tokens = p.draft_tokens;
-      o.draft_confidence = p.draft_confidence;
-    }
-    o.draft_tree = a.draft_tree;
-    if (o.decode == DecodeMode::kDynamic) {
-      const DynamicParams d = choose_dynamic(a.thresholds, a.confidence, a.confidence_given, m, a.model);
-      o.thresholds = d.thresholds;
-      o.confidence = d.confidence;
-    }
+    o.speculative.tree_nodes = a.draft_tree;
+    if (o.decode == DecodeMode::kDynamic) o.dynamic = choose_dynamic(a.thresholds, a.confidence, a.confidence_given, m, a.model);
     decode_rows(o, exits, (int)cfg.n_layers);  // a bad mode or option fails before any work
     return o;
   };

@@ -71,14 +71,11 @@ void generate_batch_other(Llama& model, const std::vector<std::vector<int>>& pro
   DecodeOptions o = stop_rule_of(opt);
   if (row.mode == DecodeMode::kSpeculative) {
     o.strategy = Strategy::kSpeculative;
+    o.speculative = opt.speculative;
     o.speculative.draft_layer = row.exit;
-    o.speculative.draft_tokens = opt.draft_tokens;
-    o.speculative.draft_confidence = opt.draft_confidence;
-    o.speculative.tree_nodes = opt.draft_tree;
   } else {
     o.strategy = Strategy::kDynamic;
-    o.dynamic.thresholds = opt.thresholds;
-    o.dynamic.confidence = opt.confidence;
+    o.dynamic = opt.dynamic;
   }
   const std::vector<Generation> gens = generate(model, prompts, o, &row.stats);
   row.gens.insert(row.gens.end(), gens.begin(), gens.end());
@@ -102,10 +99,11 @@ std::vector<DecodeRow> decode_rows(const EvalGenOptions& opt, const std::vector<
       break;
     case DecodeMode::kSpeculative: {
       rows.push_back(full);
-      std::vector<int> drafts = opt.draft_layer > 0 ? std::vector<int>{opt.draft_layer} : exits;
+      const int draft = opt.speculative.draft_layer;
+      std::vector<int> drafts = draft > 0 ? std::vector<int>{draft} : exits;
       for (int k : drafts)
         if (k >= 1 && k < n_layers) rows.push_back({"spec" + std::to_string(k), DecodeMode::kSpeculative, k});
-        else if (opt.draft_layer > 0)
+        else if (draft > 0)
           throw std::runtime_error("--draft-layer " + std::to_string(k) + " must be in 1.." + std::to_string(n_layers - 1));
       if (rows.size() == 1) throw std::runtime_error("--decode speculative: no exit below the last layer to draft with");
       break;

@@ -222,7 +222,7 @@ TEST(EvalGenerate, BatchedEqualsUnbatchedAndPlainGenerate) {
   }
   EXPECT_GT(spec[2].stats.acceptance_rate(), 0.0);
   o.decode = sl::DecodeMode::kDynamic;
-  o.thresholds = sl::parse_thresholds("1:1.5,3:1.5", 5);  // never sure enough to leave early
+  o.dynamic.thresholds = sl::parse_thresholds("1:1.5,3:1.5", 5);  // never sure enough to leave early
   auto dyn = sl::eval_generate(m, prompts, {}, o);
   ASSERT_EQ(dyn.size(), 2u);
   EXPECT_EQ(dyn[1].name, "dynamic");

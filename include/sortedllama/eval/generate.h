@@ -28,11 +28,9 @@ struct EvalGenOptions {
   int64_t batch_size = 8;
   int64_t eos_id = 2;
   int64_t vocab_limit = 0;  // > 0: ids the tokenizer can decode (see SamplingParams)
-  int draft_layer = 0, draft_tokens = 0;  // speculative (draft_tokens 0 = adaptive)
-  double draft_confidence = 0;            // speculative: SpeculativeParams::draft_confidence
-  int draft_tree = 0;                     // speculative: SpeculativeParams::tree_nodes
-  std::vector<ExitThreshold> thresholds;  // dynamic; empty = the paper's defaults
-  Confidence confidence = Confidence::kMaxProb;
+  // speculative: draft_layer 0 = one row per requested exit below the last layer
+  SpeculativeParams speculative;
+  DynamicParams dynamic;
   // Per-sequence stop test on the new tokens so far (e.g. TriviaQA's "\n", ".", ","); may be empty.
   std::function<bool(const std::vector<int>& tokens)> stop;
   // Called after each batch of one row with the number of prompts done (progress bars).
