@@ -169,6 +169,77 @@ void project_qkv(DecoderLayerImpl& layer, const float* x, const AttnInputs& in, 
   cache.len[i] = slot + d.T;
 }
 
+// q . k over hd values. Eight independent partial sums when hd allows it: the compiler vectorises
+// them without reassociating a float sum.
+inline float dot(const float* q, const float* k, int64_t hd) {
+  if (hd % 8 != 0) {
+    float sum = 0;
+    for (int64_t e = 0; e < hd; ++e) sum += q[e] * k[e];
+    return sum;
+  }
+  float acc[8] = {0};
+  for (int64_t e = 0; e < hd; e += 8)
+    for (int l = 0; l < 8; ++l) acc[l] += q[e + l] * k[e + l];
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+// e^x for x <= 0 in plain arithmetic that vectorises (libm's expf is one call per value): Cephes'
+// expf: x = n ln2 + r with |r| <= ln2/2 and a degree-5 minimax polynomial for e^r, times 2^n;
+// relative error below 1e-7 (checked over [-87, 0]). Below -87 (e^x < 2e-38) it returns e^-87.
+inline float exp_nonpositive(float x) {
+  x = std::max(x, -87.0f);
+  const float n = std::floor(x * 1.44269504f + 0.5f);
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;  // ln2 in two parts, the first exact in n * it
+  float p = 1.9875691500e-4f;
+  for (const float c : {1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f})
+    p = p * r + c;
+  const int32_t bits = ((int32_t)n + 127) << 23;
+  float two_n;
+  std::memcpy(&two_n, &bits, sizeof two_n);
+  return (p * r * r + r + 1.0f) * two_n;
+}
+
+// One (position, head): o [hd] = softmax(q k^T / sqrt(hd)) v over keys k, v [S,hd] (rows hd apart)
+// where visible (strided by visible_step; null = every key); sc [S] is scratch. Cloned like the
+// projections' loops, as it runs once per head, layer and new position.
+SL_CPU_CLONES void attend_head(float* o, float* sc, const float* q, const float* k, const float* v, const bool* visible,
+                               int64_t visible_step, int64_t S, int64_t hd) {
+  // Each step a loop without a branch or a float sum across iterations, so that it vectorises; the
+  // sums and the maximum keep eight partial lanes.
+  const float inv_scale = 1.0f / std::sqrt((float)hd), none = -std::numeric_limits<float>::infinity();
+  int64_t s;
+  for (s = 0; s < S; ++s) sc[s] = dot(q, k + s * hd, hd) * inv_scale;
+  if (visible)
+    for (s = 0; s < S; ++s) sc[s] = visible[s * visible_step] ? sc[s] : none;
+  float lanes[8] = {none, none, none, none, none, none, none, none};
+  for (s = 0; s + 8 <= S; s += 8)
+    for (int l = 0; l < 8; ++l) lanes[l] = std::max(lanes[l], sc[s + l]);
+  for (; s < S; ++s) lanes[0] = std::max(lanes[0], sc[s]);
+  const float mx = *std::max_element(lanes, lanes + 8);
+  for (s = 0; s < S; ++s) sc[s] = sc[s] == none ? 0.0f : exp_nonpositive(sc[s] - mx);
+  std::fill(lanes, lanes + 8, 0.0f);
+  for (s = 0; s + 8 <= S; s += 8)
+    for (int l = 0; l < 8; ++l) lanes[l] += sc[s + l];
+  for (; s < S; ++s) lanes[0] += sc[s];
+  const float sum = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+  const float inv_sum = 1.0f / sum;
+  // Eight output values at a time, summed over the keys in registers (not through memory).
+  int64_t e = 0;
+  for (; e + 8 <= hd; e += 8) {
+    float acc[8] = {0};
+    for (s = 0; s < S; ++s) {
+      const float p = sc[s] * inv_sum;
+      for (int l = 0; l < 8; ++l) acc[l] += p * v[s * hd + e + l];
+    }
+    std::copy(acc, acc + 8, o + e);
+  }
+  for (; e < hd; ++e) {
+    float acc = 0;
+    for (s = 0; s < S; ++s) acc += sc[s] * inv_sum * v[s * hd + e];
+    o[e] = acc;
+  }
+}
+
 // att [N,H*hd] = softmax(q k^T / sqrt(hd)) v over the S cached keys each position may see.
 void attend(const AttnInputs& in, const KVCache& cache, int i, const Dims& d, StepBuffers& buf) {
   const int64_t S = cache.len[i], cap = cache.capacity, rep = d.H / d.KV;
@@ -183,37 +254,14 @@ void attend(const AttnInputs& in, const KVCache& cache, int i, const Dims& d, St
   const bool* mask = in.mask.defined() ? in.mask.data_ptr<bool>() : nullptr;
   const int64_t mask_row = mask ? in.mask.stride(0) : 0, mask_pos = mask ? in.mask.stride(2) : 0;
   const int64_t mask_key = mask ? in.mask.stride(3) : 0;
-  const float scale = std::sqrt((float)d.hd);
   // One (position, head) pair per task; small caches stay on one thread.
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, S * d.hd));
   at::parallel_for(0, d.N * d.H, grain, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / d.H, h = task % d.H, r = n / d.T, t = n % d.T, j = h / rep;
-      const float* qh = q + task * d.hd;
-      const float* kb = kc + (r * d.KV + j) * cap * d.hd;
-      const float* vb = vc + (r * d.KV + j) * cap * d.hd;
-      const bool* visible = mask ? mask + r * mask_row + t * mask_pos : nullptr;
-      float* sc = scores + task * S;
-      float mx = -std::numeric_limits<float>::infinity();
-      for (int64_t s = 0; s < S; ++s) {
-        if (visible && !visible[s * mask_key]) {
-          sc[s] = -std::numeric_limits<float>::infinity();
-          continue;
-        }
-        float dot = 0;
-        for (int64_t e = 0; e < d.hd; ++e) dot += qh[e] * kb[s * d.hd + e];
-        sc[s] = dot / scale;
-        mx = std::max(mx, sc[s]);
-      }
-      float sum = 0;
-      for (int64_t s = 0; s < S; ++s) sum += (sc[s] = std::exp(sc[s] - mx));
-      float* o = att + task * d.hd;
-      std::fill(o, o + d.hd, 0.0f);
-      for (int64_t s = 0; s < S; ++s) {
-        if (sc[s] == 0) continue;
-        const float p = sc[s] / sum;
-        for (int64_t e = 0; e < d.hd; ++e) o[e] += p * vb[s * d.hd + e];
-      }
+      const int64_t head = (r * d.KV + j) * cap * d.hd;
+      attend_head(att + task * d.hd, scores + task * S, q + task * d.hd, kc + head, vc + head,
+                  mask ? mask + r * mask_row + t * mask_pos : nullptr, mask_key, S, d.hd);
     }
   });
 }
