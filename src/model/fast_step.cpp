@@ -37,30 +37,39 @@ SL_CPU_CLONES void dot_rows(float* y, const float* W, const float* x, int64_t co
   }
 }
 
-// Eight floats: one AVX register (two SSE registers in the default clone).
+// Eight floats: one AVX register (two SSE registers in the default clone); Vec8Load reads one
+// from any float address.
 typedef float Vec8 __attribute__((vector_size(32), aligned(4)));
+typedef float Vec8Load __attribute__((vector_size(32), aligned(4), may_alias));
 
 // y[r + c, i + a] for a < NW weight rows and c < NX input rows: NW * NX dot products in registers,
-// so each 8-float step loads NW + NX vectors for NW * NX multiply-adds. Inlined into each clone.
+// so each 8-float step loads NW + NX vectors for NW * NX multiply-adds. Inlined into each clone;
+// the fixed-size loops unroll into one flat set of accumulators.
 template <int NW, int NX>
 __attribute__((always_inline)) inline void dot_block(float* y, const float* W, const float* x, int64_t rows,
                                                      int64_t cols, int64_t i, int64_t r) {
-  Vec8 acc[NW][NX] = {};
+  Vec8 acc[NW * NX];
+#pragma GCC unroll 16
+  for (int k = 0; k < NW * NX; ++k) acc[k] = Vec8{};
+  const float* w = W + i * cols;  // [NW,cols]
+  const float* v = x + r * cols;  // [NX,cols]
   int64_t j = 0;
   for (; j + 8 <= cols; j += 8) {
-    Vec8 w[NW];
-    for (int a = 0; a < NW; ++a) std::memcpy(&w[a], W + (i + a) * cols + j, sizeof(Vec8));
-    for (int c = 0; c < NX; ++c) {
-      Vec8 v;
-      std::memcpy(&v, x + (r + c) * cols + j, sizeof v);
-      for (int a = 0; a < NW; ++a) acc[a][c] += w[a] * v;
+    Vec8 xs[NX];
+#pragma GCC unroll 8
+    for (int c = 0; c < NX; ++c) xs[c] = *(const Vec8Load*)(v + c * cols + j);
+#pragma GCC unroll 8
+    for (int a = 0; a < NW; ++a) {
+      const Vec8 ws = *(const Vec8Load*)(w + a * cols + j);
+#pragma GCC unroll 8
+      for (int c = 0; c < NX; ++c) acc[a * NX + c] += ws * xs[c];
     }
   }
   for (int a = 0; a < NW; ++a)
     for (int c = 0; c < NX; ++c) {
-      float sum = 0;
-      for (int k = 0; k < 8; ++k) sum += acc[a][c][k];
-      for (int64_t t = j; t < cols; ++t) sum += W[(i + a) * cols + t] * x[(r + c) * cols + t];
+      const Vec8 t = acc[a * NX + c];
+      float sum = ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]));
+      for (int64_t e = j; e < cols; ++e) sum += w[a * cols + e] * v[c * cols + e];
       y[(r + c) * rows + i + a] = sum;
     }
 }
