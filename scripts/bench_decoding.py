@@ -251,7 +251,10 @@ def main():
                      f"{s['decode_ms_per_token']:.3f} | {s['decode_speedup']:.2f}x | "
                      f"{f('acceptance_rate', '.1%')} | {f('mean_accepted_per_round', '.2f')} | {layers} | "
                      f"{s['agreement']:.1%} | {s['exact_match']:.0%} |")
-    lines += ["", f"Prefill takes {prefill_share:.0%} of full decoding's time here. Speculative decoding and early "
+    prompt_tokens = sum(r["stats"]["prompt_tokens"] for r in full) / len(full)
+    new_tokens = sum(r["stats"]["new_tokens"] for r in full) / len(full)
+    lines += ["", f"Prompts average {prompt_tokens:.1f} tokens and full decoding's answers {new_tokens:.1f}. "
+              f"Prefill takes {prefill_share:.0%} of full decoding's time here. Speculative decoding and early "
               "exit prefill through every layer too, so neither can be more than "
               f"{1 / prefill_share:.2f}x faster end to end on these prompts, however fast it decodes."]
     table = "\n".join(lines) + "\n"
