@@ -18,25 +18,6 @@ namespace sl {
 using torch::Tensor;
 
 namespace {
-// y[0, i] = W[i, :] . x[0, :] for output rows i in [begin, end): one input row, bound by reading W
-// from memory. Sixteen independent partial sums let the compiler vectorise the dot product without
-// reassociating it; the clones give AVX-512 and AVX2 code on the CPUs that have them (chosen once,
-// at load time).
-SL_CPU_CLONES void dot_rows(float* y, const float* W, const float* x, int64_t cols, int64_t begin, int64_t end) {
-  constexpr int kLanes = 16;
-  for (int64_t i = begin; i < end; ++i) {
-    const float* w = W + i * cols;
-    float acc[kLanes] = {0};
-    int64_t j = 0;
-    for (; j + kLanes <= cols; j += kLanes)
-      for (int k = 0; k < kLanes; ++k) acc[k] += w[j + k] * x[j + k];
-    float sum = 0;
-    for (int k = 0; k < kLanes; ++k) sum += acc[k];
-    for (; j < cols; ++j) sum += w[j] * x[j];
-    y[i] = sum;
-  }
-}
-
 // Eight floats: one AVX register (two SSE registers in the default clone); Vec8Load reads one
 // from any float address.
 typedef float Vec8 __attribute__((vector_size(32), aligned(4)));
@@ -74,11 +55,11 @@ __attribute__((always_inline)) inline void dot_block(float* y, const float* W, c
     }
 }
 
-// y[r, i] = W[i, :] . x[r, :] for every input row r and output rows i in [begin, end), R >= 2:
-// blocks of 4 weight rows (read from memory once) times 2 input rows.
-SL_CPU_CLONES void dot_blocks(float* y, const float* W, const float* x, int64_t R, int64_t rows, int64_t cols,
-                              int64_t begin, int64_t end) {
-  constexpr int kW = 4, kX = 2;
+// y[r, i] = W[i, :] . x[r, :] for every input row r and output rows i in [begin, end): blocks of
+// kW weight rows (read from memory once) times kX input rows.
+template <int kW, int kX>
+__attribute__((always_inline)) inline void dot_blocks_of(float* y, const float* W, const float* x, int64_t R,
+                                                         int64_t rows, int64_t cols, int64_t begin, int64_t end) {
   int64_t i = begin;
   for (; i + kW <= end; i += kW) {
     int64_t r = 0;
@@ -88,14 +69,23 @@ SL_CPU_CLONES void dot_blocks(float* y, const float* W, const float* x, int64_t 
   for (; i < end; ++i)
     for (int64_t r = 0; r < R; ++r) dot_block<1, 1>(y, W, x, rows, cols, i, r);
 }
+
+// One input row takes blocks of 8 weight rows, more take 4 x 2. Every output is the same sum in the
+// same order whatever the block, so a position's result does not depend on how many rows came with
+// it (a speculative round's verifier sees the values plain decoding would). The clones give AVX-512
+// and AVX2 code on the CPUs that have them (chosen once, at load time).
+SL_CPU_CLONES void dot_blocks(float* y, const float* W, const float* x, int64_t R, int64_t rows, int64_t cols,
+                              int64_t begin, int64_t end) {
+  if (R == 1) dot_blocks_of<8, 1>(y, W, x, R, rows, cols, begin, end);
+  else dot_blocks_of<4, 2>(y, W, x, R, rows, cols, begin, end);
+}
 }  // namespace
 
 void matvec(float* y, const float* W, const float* x, int64_t R, int64_t rows, int64_t cols) {
   // Tasks of at least ~64K multiply-adds: fewer would cost more to hand out than they save.
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, R * cols));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    if (R == 1) dot_rows(y, W, x, cols, begin, end);
-    else dot_blocks(y, W, x, R, rows, cols, begin, end);
+    dot_blocks(y, W, x, R, rows, cols, begin, end);
   });
 }
 

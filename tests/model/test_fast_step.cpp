@@ -51,6 +51,21 @@ TEST(Matvec, EqualsAMatrixProductForEveryBlockAndTailShape) {
       }
 }
 
+TEST(Matvec, EachRowIsTheSameBitsAloneOrInABatch) {
+  // Speculative verification multiplies several positions at once where plain decoding multiplies
+  // one: greedy output is only identical if a row's products do not depend on its company.
+  torch::manual_seed(6);
+  for (int64_t rows : {5, 13, 64})
+    for (int64_t cols : {7, 64, 70}) {
+      Tensor W = torch::randn({rows, cols}), x = torch::randn({5, cols});
+      Tensor together = torch::empty({5, rows}), alone = torch::empty({5, rows});
+      sl::matvec(together.data_ptr<float>(), W.data_ptr<float>(), x.data_ptr<float>(), 5, rows, cols);
+      for (int64_t r = 0; r < 5; ++r)
+        sl::matvec(alone[r].data_ptr<float>(), W.data_ptr<float>(), x[r].data_ptr<float>(), 1, rows, cols);
+      EXPECT_TRUE(torch::equal(together, alone)) << "rows " << rows << " cols " << cols;
+    }
+}
+
 TEST(FastStep, EqualsTheGeneralLayerForOnePosition) {
   sl::Llama m = sl::load_model(sl_test::source_dir() + "/tests/data/ref_gqa");  // 4 heads over 2 KV heads
   torch::NoGradGuard g;
