@@ -256,7 +256,7 @@ def main():
     lines += ["", f"Prompts average {prompt_tokens:.1f} tokens and full decoding's answers {new_tokens:.1f}. "
               f"Prefill takes {prefill_share:.0%} of full decoding's time here. Speculative decoding and early "
               "exit prefill through every layer too, so neither can be more than "
-              f"{1 / prefill_share:.2f}x faster end to end on these prompts, however fast it decodes."]
+              f"{info['exact_speedup_ceiling']:.2f}x faster end to end on these prompts, however fast it decodes."]
     table = "\n".join(lines) + "\n"
     with open(os.path.join(args.out, "decoding.md"), "w") as f:
         f.write(table)

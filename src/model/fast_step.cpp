@@ -23,6 +23,12 @@ namespace {
 typedef float Vec8 __attribute__((vector_size(32), aligned(4)));
 typedef float Vec8Load __attribute__((vector_size(32), aligned(4), may_alias));
 
+// The sum of eight lanes (a Vec8 or float[8]) as a fixed tree: the same bits wherever it is used.
+template <class Lanes>
+inline float sum8(const Lanes& l) {
+  return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+}
+
 // y[r + c, i + a] for a < NW weight rows and c < NX input rows: NW * NX dot products in registers,
 // so each 8-float step loads NW + NX vectors for NW * NX multiply-adds. Inlined into each clone;
 // the fixed-size loops unroll into one flat set of accumulators.
@@ -48,8 +54,7 @@ __attribute__((always_inline)) inline void dot_block(float* y, const float* W, c
   }
   for (int a = 0; a < NW; ++a)
     for (int c = 0; c < NX; ++c) {
-      const Vec8 t = acc[a * NX + c];
-      float sum = ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]));
+      float sum = sum8(acc[a * NX + c]);
       for (int64_t e = j; e < cols; ++e) sum += w[a * cols + e] * v[c * cols + e];
       y[(r + c) * rows + i + a] = sum;
     }
@@ -179,7 +184,7 @@ inline float dot(const float* q, const float* k, int64_t hd) {
   float acc[8] = {0};
   for (int64_t e = 0; e < hd; e += 8)
     for (int l = 0; l < 8; ++l) acc[l] += q[e + l] * k[e + l];
-  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  return sum8(acc);
 }
 
 // e^x for x <= 0 in plain arithmetic that vectorises (libm's expf is one call per value): Cephes'
@@ -220,8 +225,7 @@ SL_CPU_CLONES void attend_head(float* o, float* sc, const float* q, const float*
   for (s = 0; s + 8 <= S; s += 8)
     for (int l = 0; l < 8; ++l) lanes[l] += sc[s + l];
   for (; s < S; ++s) lanes[0] += sc[s];
-  const float sum = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
-  const float inv_sum = 1.0f / sum;
+  const float inv_sum = 1.0f / sum8(lanes);
   // Eight output values at a time, summed over the keys in registers (not through memory).
   int64_t e = 0;
   for (; e + 8 <= hd; e += 8) {
