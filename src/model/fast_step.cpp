@@ -6,10 +6,13 @@
 #include <cstring>
 #include <limits>
 
-// CPU-specific clones of the hot loop where the compiler can make them (GCC/Clang on x86-64).
+// CPU-specific versions of the hot loops where the compiler can make them (GCC/Clang on x86-64), chosen
+// once, at load time. x86-64-v4 (AVX-512 with VL) gives 256-bit code 32 vector registers instead of 16.
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define SL_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define SL_CPU_VERSIONS 1
+#define SL_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 #else
+#define SL_CPU_VERSIONS 0
 #define SL_CPU_CLONES
 #endif
 
@@ -31,17 +34,22 @@ inline float sum8(const Lanes& l) {
 
 // y[r + c, i + a] for a < NW weight rows and c < NX input rows: NW * NX dot products in registers,
 // so each 8-float step loads NW + NX vectors for NW * NX multiply-adds. Inlined into each clone;
-// the fixed-size loops unroll into one flat set of accumulators.
+// the fixed-size loops unroll into one flat set of accumulators. The next NW weight rows are
+// fetched into L2 meanwhile: weights stream from memory, and the hardware prefetcher alone leaves
+// the loop waiting on them.
 template <int NW, int NX>
 __attribute__((always_inline)) inline void dot_block(float* y, const float* W, const float* x, int64_t rows,
                                                      int64_t cols, int64_t i, int64_t r) {
   Vec8 acc[NW * NX];
 #pragma GCC unroll 16
   for (int k = 0; k < NW * NX; ++k) acc[k] = Vec8{};
-  const float* w = W + i * cols;  // [NW,cols]
-  const float* v = x + r * cols;  // [NX,cols]
+  const float* w = W + i * cols;                                    // [NW,cols]
+  const float* next = i + 2 * NW <= rows ? w + NW * cols : w;       // [NW,cols]
+  const float* v = x + r * cols;                                    // [NX,cols]
   int64_t j = 0;
   for (; j + 8 <= cols; j += 8) {
+#pragma GCC unroll 8
+    for (int a = 0; a < NW; ++a) __builtin_prefetch(next + a * cols + j, /*read*/ 0, /*L2*/ 2);
     Vec8 xs[NX];
 #pragma GCC unroll 8
     for (int c = 0; c < NX; ++c) xs[c] = *(const Vec8Load*)(v + c * cols + j);
@@ -61,7 +69,7 @@ __attribute__((always_inline)) inline void dot_block(float* y, const float* W, c
 }
 
 // y[r, i] = W[i, :] . x[r, :] for every input row r and output rows i in [begin, end): blocks of
-// kW weight rows (read from memory once) times kX input rows.
+// kW weight rows (read from memory once) times kX input rows, the rows left over in pairs, then alone.
 template <int kW, int kX>
 __attribute__((always_inline)) inline void dot_blocks_of(float* y, const float* W, const float* x, int64_t R,
                                                          int64_t rows, int64_t cols, int64_t begin, int64_t end) {
@@ -69,20 +77,39 @@ __attribute__((always_inline)) inline void dot_blocks_of(float* y, const float* 
   for (; i + kW <= end; i += kW) {
     int64_t r = 0;
     for (; r + kX <= R; r += kX) dot_block<kW, kX>(y, W, x, rows, cols, i, r);
+    if (kX > 2)
+      for (; r + 2 <= R; r += 2) dot_block<kW, 2>(y, W, x, rows, cols, i, r);
     for (; r < R; ++r) dot_block<kW, 1>(y, W, x, rows, cols, i, r);
   }
   for (; i < end; ++i)
     for (int64_t r = 0; r < R; ++r) dot_block<1, 1>(y, W, x, rows, cols, i, r);
 }
 
-// One input row takes blocks of 8 weight rows, more take 4 x 2. Every output is the same sum in the
-// same order whatever the block, so a position's result does not depend on how many rows came with
-// it (a speculative round's verifier sees the values plain decoding would). The clones give AVX-512
-// and AVX2 code on the CPUs that have them (chosen once, at load time).
-SL_CPU_CLONES void dot_blocks(float* y, const float* W, const float* x, int64_t R, int64_t rows, int64_t cols,
-                              int64_t begin, int64_t end) {
+// One input row takes blocks of 8 weight rows, more take 4 x kX: as many as the registers hold
+// (sixteen accumulators need x86-64-v4's 32 registers; with 16 they spill). Every output is the
+// same sum in the same order whatever the block, so a position's result does not depend on how many
+// rows came with it (a speculative round's verifier sees the values plain decoding would).
+template <int kX>
+__attribute__((always_inline)) inline void dot_blocks_with(float* y, const float* W, const float* x, int64_t R,
+                                                           int64_t rows, int64_t cols, int64_t begin, int64_t end) {
   if (R == 1) dot_blocks_of<8, 1>(y, W, x, R, rows, cols, begin, end);
-  else dot_blocks_of<4, 2>(y, W, x, R, rows, cols, begin, end);
+  else dot_blocks_of<4, kX>(y, W, x, R, rows, cols, begin, end);
+}
+
+#if SL_CPU_VERSIONS
+__attribute__((target("arch=x86-64-v4"))) void dot_blocks(float* y, const float* W, const float* x, int64_t R,
+                                                    int64_t rows, int64_t cols, int64_t begin, int64_t end) {
+  dot_blocks_with<4>(y, W, x, R, rows, cols, begin, end);
+}
+__attribute__((target("avx2"))) void dot_blocks(float* y, const float* W, const float* x, int64_t R, int64_t rows,
+                                                int64_t cols, int64_t begin, int64_t end) {
+  dot_blocks_with<2>(y, W, x, R, rows, cols, begin, end);
+}
+__attribute__((target("default")))
+#endif
+void dot_blocks(float* y, const float* W, const float* x, int64_t R, int64_t rows, int64_t cols, int64_t begin,
+                int64_t end) {
+  dot_blocks_with<2>(y, W, x, R, rows, cols, begin, end);
 }
 }  // namespace
 
