@@ -21,48 +21,61 @@ namespace sl {
 using torch::Tensor;
 
 namespace {
-// Eight floats: one AVX register (two SSE registers in the default clone); Vec8Load reads one
-// from any float address.
-typedef float Vec8 __attribute__((vector_size(32), aligned(4)));
-typedef float Vec8Load __attribute__((vector_size(32), aligned(4), may_alias));
+// Eight or sixteen floats: one AVX or AVX-512 register (two SSE registers in the default version).
+typedef float Vec8 __attribute__((vector_size(32)));
+typedef float Vec16 __attribute__((vector_size(64)));
+
+// A vector read from any float address (memcpy compiles to one unaligned load). By reference: a
+// vector passed by value outside the versions' targets would change the calling convention.
+template <class V>
+inline void load(V& v, const float* p) {
+  std::memcpy(&v, p, sizeof v);
+}
 
 // The sum of eight lanes (a Vec8 or float[8]) as a fixed tree: the same bits wherever it is used.
 template <class Lanes>
 inline float sum8(const Lanes& l) {
   return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
 }
+inline float sum_lanes(const Vec8& l) { return sum8(l); }
+inline float sum_lanes(const Vec16& l) {
+  return sum8(Vec8{l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7]}) +
+         sum8(Vec8{l[8], l[9], l[10], l[11], l[12], l[13], l[14], l[15]});
+}
 
-// y[r + c, i + a] for a < NW weight rows and c < NX input rows: NW * NX dot products in registers,
-// so each 8-float step loads NW + NX vectors for NW * NX multiply-adds. Inlined into each clone;
+// y[r + c, i + a] for a < NW weight rows and c < NX input rows: NW * NX dot products in registers
+// of V, so each step loads NW + NX vectors for NW * NX multiply-adds. Inlined into each version;
 // the fixed-size loops unroll into one flat set of accumulators. The next NW weight rows are
 // fetched into L2 meanwhile: weights stream from memory, and the hardware prefetcher alone leaves
 // the loop waiting on them.
-template <int NW, int NX>
+template <class V, int NW, int NX>
 __attribute__((always_inline)) inline void dot_block(float* y, const float* W, const float* x, int64_t rows,
                                                      int64_t cols, int64_t i, int64_t r) {
-  Vec8 acc[NW * NX];
+  constexpr int64_t L = sizeof(V) / sizeof(float);
+  V acc[NW * NX];
 #pragma GCC unroll 16
-  for (int k = 0; k < NW * NX; ++k) acc[k] = Vec8{};
-  const float* w = W + i * cols;                                    // [NW,cols]
-  const float* next = i + 2 * NW <= rows ? w + NW * cols : w;       // [NW,cols]
-  const float* v = x + r * cols;                                    // [NX,cols]
+  for (int k = 0; k < NW * NX; ++k) acc[k] = V{};
+  const float* w = W + i * cols;                               // [NW,cols]
+  const float* next = i + 2 * NW <= rows ? w + NW * cols : w;  // [NW,cols]
+  const float* v = x + r * cols;                               // [NX,cols]
   int64_t j = 0;
-  for (; j + 8 <= cols; j += 8) {
+  for (; j + L <= cols; j += L) {
 #pragma GCC unroll 8
     for (int a = 0; a < NW; ++a) __builtin_prefetch(next + a * cols + j, /*read*/ 0, /*L2*/ 2);
-    Vec8 xs[NX];
+    V xs[NX];
 #pragma GCC unroll 8
-    for (int c = 0; c < NX; ++c) xs[c] = *(const Vec8Load*)(v + c * cols + j);
+    for (int c = 0; c < NX; ++c) load(xs[c], v + c * cols + j);
 #pragma GCC unroll 8
     for (int a = 0; a < NW; ++a) {
-      const Vec8 ws = *(const Vec8Load*)(w + a * cols + j);
+      V ws;
+      load(ws, w + a * cols + j);
 #pragma GCC unroll 8
       for (int c = 0; c < NX; ++c) acc[a * NX + c] += ws * xs[c];
     }
   }
   for (int a = 0; a < NW; ++a)
     for (int c = 0; c < NX; ++c) {
-      float sum = sum8(acc[a * NX + c]);
+      float sum = sum_lanes(acc[a * NX + c]);
       for (int64_t e = j; e < cols; ++e) sum += w[a * cols + e] * v[c * cols + e];
       y[(r + c) * rows + i + a] = sum;
     }
@@ -70,46 +83,49 @@ __attribute__((always_inline)) inline void dot_block(float* y, const float* W, c
 
 // y[r, i] = W[i, :] . x[r, :] for every input row r and output rows i in [begin, end): blocks of
 // kW weight rows (read from memory once) times kX input rows, the rows left over in pairs, then alone.
-template <int kW, int kX>
+template <class V, int kW, int kX>
 __attribute__((always_inline)) inline void dot_blocks_of(float* y, const float* W, const float* x, int64_t R,
                                                          int64_t rows, int64_t cols, int64_t begin, int64_t end) {
   int64_t i = begin;
   for (; i + kW <= end; i += kW) {
     int64_t r = 0;
-    for (; r + kX <= R; r += kX) dot_block<kW, kX>(y, W, x, rows, cols, i, r);
+    for (; r + kX <= R; r += kX) dot_block<V, kW, kX>(y, W, x, rows, cols, i, r);
     if (kX > 2)
-      for (; r + 2 <= R; r += 2) dot_block<kW, 2>(y, W, x, rows, cols, i, r);
-    for (; r < R; ++r) dot_block<kW, 1>(y, W, x, rows, cols, i, r);
+      for (; r + 2 <= R; r += 2) dot_block<V, kW, 2>(y, W, x, rows, cols, i, r);
+    for (; r < R; ++r) dot_block<V, kW, 1>(y, W, x, rows, cols, i, r);
   }
   for (; i < end; ++i)
-    for (int64_t r = 0; r < R; ++r) dot_block<1, 1>(y, W, x, rows, cols, i, r);
+    for (int64_t r = 0; r < R; ++r) dot_block<V, 1, 1>(y, W, x, rows, cols, i, r);
 }
 
 // One input row takes blocks of 8 weight rows, more take 4 x kX: as many as the registers hold
-// (sixteen accumulators need x86-64-v4's 32 registers; with 16 they spill). Every output is the
-// same sum in the same order whatever the block, so a position's result does not depend on how many
-// rows came with it (a speculative round's verifier sees the values plain decoding would).
-template <int kX>
+// (sixteen accumulators need x86-64-v4's 32 registers; with 16 they spill). Within one version every
+// output is the same sum in the same order whatever the block, so a position's result does not
+// depend on how many rows came with it (a speculative round's verifier sees the values plain
+// decoding would).
+template <class V, int kX>
 __attribute__((always_inline)) inline void dot_blocks_with(float* y, const float* W, const float* x, int64_t R,
                                                            int64_t rows, int64_t cols, int64_t begin, int64_t end) {
-  if (R == 1) dot_blocks_of<8, 1>(y, W, x, R, rows, cols, begin, end);
-  else dot_blocks_of<4, kX>(y, W, x, R, rows, cols, begin, end);
+  if (R == 1) dot_blocks_of<V, 8, 1>(y, W, x, R, rows, cols, begin, end);
+  else dot_blocks_of<V, 4, kX>(y, W, x, R, rows, cols, begin, end);
 }
 
+// x86-64-v4 streams weights in 64-byte vectors: half the instructions per byte, and more of the
+// weights in flight, than 32-byte ones.
 #if SL_CPU_VERSIONS
 __attribute__((target("arch=x86-64-v4"))) void dot_blocks(float* y, const float* W, const float* x, int64_t R,
-                                                    int64_t rows, int64_t cols, int64_t begin, int64_t end) {
-  dot_blocks_with<4>(y, W, x, R, rows, cols, begin, end);
+                                                          int64_t rows, int64_t cols, int64_t begin, int64_t end) {
+  dot_blocks_with<Vec16, 4>(y, W, x, R, rows, cols, begin, end);
 }
 __attribute__((target("avx2"))) void dot_blocks(float* y, const float* W, const float* x, int64_t R, int64_t rows,
                                                 int64_t cols, int64_t begin, int64_t end) {
-  dot_blocks_with<2>(y, W, x, R, rows, cols, begin, end);
+  dot_blocks_with<Vec8, 2>(y, W, x, R, rows, cols, begin, end);
 }
 __attribute__((target("default")))
 #endif
 void dot_blocks(float* y, const float* W, const float* x, int64_t R, int64_t rows, int64_t cols, int64_t begin,
                 int64_t end) {
-  dot_blocks_with<2>(y, W, x, R, rows, cols, begin, end);
+  dot_blocks_with<Vec8, 2>(y, W, x, R, rows, cols, begin, end);
 }
 }  // namespace
 
