@@ -45,10 +45,10 @@ inline float sum_lanes(const Vec16& l) {
 
 // y[r + c, i + a] for a < NW weight rows and c < NX input rows: NW * NX dot products in registers
 // of V, so each step loads NW + NX vectors for NW * NX multiply-adds. Inlined into each version;
-// the fixed-size loops unroll into one flat set of accumulators. The next NW weight rows are
-// fetched into L2 meanwhile: weights stream from memory, and the hardware prefetcher alone leaves
-// the loop waiting on them.
-template <class V, int NW, int NX>
+// the fixed-size loops unroll into one flat set of accumulators. With kStream the next NW weight
+// rows are fetched into L2 meanwhile: weights that stream from memory leave the loop waiting on them
+// with the hardware prefetcher alone.
+template <class V, bool kStream, int NW, int NX>
 __attribute__((always_inline)) inline void dot_block(float* y, const float* W, const float* x, int64_t rows,
                                                      int64_t cols, int64_t i, int64_t r) {
   constexpr int64_t L = sizeof(V) / sizeof(float);
@@ -60,8 +60,9 @@ __attribute__((always_inline)) inline void dot_block(float* y, const float* W, c
   const float* v = x + r * cols;                               // [NX,cols]
   int64_t j = 0;
   for (; j + L <= cols; j += L) {
+    if (kStream)
 #pragma GCC unroll 8
-    for (int a = 0; a < NW; ++a) __builtin_prefetch(next + a * cols + j, /*read*/ 0, /*L2*/ 2);
+      for (int a = 0; a < NW; ++a) __builtin_prefetch(next + a * cols + j, /*read*/ 0, /*L2*/ 2);
     V xs[NX];
 #pragma GCC unroll 8
     for (int c = 0; c < NX; ++c) load(xs[c], v + c * cols + j);
@@ -83,19 +84,19 @@ __attribute__((always_inline)) inline void dot_block(float* y, const float* W, c
 
 // y[r, i] = W[i, :] . x[r, :] for every input row r and output rows i in [begin, end): blocks of
 // kW weight rows (read from memory once) times kX input rows, the rows left over in pairs, then alone.
-template <class V, int kW, int kX>
+template <class V, bool kStream, int kW, int kX>
 __attribute__((always_inline)) inline void dot_blocks_of(float* y, const float* W, const float* x, int64_t R,
                                                          int64_t rows, int64_t cols, int64_t begin, int64_t end) {
   int64_t i = begin;
   for (; i + kW <= end; i += kW) {
     int64_t r = 0;
-    for (; r + kX <= R; r += kX) dot_block<V, kW, kX>(y, W, x, rows, cols, i, r);
+    for (; r + kX <= R; r += kX) dot_block<V, kStream, kW, kX>(y, W, x, rows, cols, i, r);
     if (kX > 2)
-      for (; r + 2 <= R; r += 2) dot_block<V, kW, 2>(y, W, x, rows, cols, i, r);
-    for (; r < R; ++r) dot_block<V, kW, 1>(y, W, x, rows, cols, i, r);
+      for (; r + 2 <= R; r += 2) dot_block<V, kStream, kW, 2>(y, W, x, rows, cols, i, r);
+    for (; r < R; ++r) dot_block<V, kStream, kW, 1>(y, W, x, rows, cols, i, r);
   }
   for (; i < end; ++i)
-    for (int64_t r = 0; r < R; ++r) dot_block<V, 1, 1>(y, W, x, rows, cols, i, r);
+    for (int64_t r = 0; r < R; ++r) dot_block<V, kStream, 1, 1>(y, W, x, rows, cols, i, r);
 }
 
 // One input row takes blocks of 8 weight rows, more take 4 x kX: as many as the registers hold
@@ -103,29 +104,37 @@ __attribute__((always_inline)) inline void dot_blocks_of(float* y, const float* 
 // output is the same sum in the same order whatever the block, so a position's result does not
 // depend on how many rows came with it (a speculative round's verifier sees the values plain
 // decoding would).
-template <class V, int kX>
+template <class V, bool kStream, int kX>
 __attribute__((always_inline)) inline void dot_blocks_with(float* y, const float* W, const float* x, int64_t R,
                                                            int64_t rows, int64_t cols, int64_t begin, int64_t end) {
-  if (R == 1) dot_blocks_of<V, 8, 1>(y, W, x, R, rows, cols, begin, end);
-  else dot_blocks_of<V, 4, kX>(y, W, x, R, rows, cols, begin, end);
+  if (R == 1) dot_blocks_of<V, kStream, 8, 1>(y, W, x, R, rows, cols, begin, end);
+  else dot_blocks_of<V, kStream, 4, kX>(y, W, x, R, rows, cols, begin, end);
 }
+
+// Weights of at least this many floats (256 KiB) are taken to stream from memory; smaller ones to
+// sit in cache, where prefetching costs load slots and 16-lane sums cost more than they save on
+// short rows. The choice depends on W's shape only, never on R.
+constexpr int64_t kStreamFloats = int64_t(1) << 16;
 
 // x86-64-v4 streams weights in 64-byte vectors: half the instructions per byte, and more of the
 // weights in flight, than 32-byte ones.
 #if SL_CPU_VERSIONS
 __attribute__((target("arch=x86-64-v4"))) void dot_blocks(float* y, const float* W, const float* x, int64_t R,
                                                           int64_t rows, int64_t cols, int64_t begin, int64_t end) {
-  dot_blocks_with<Vec16, 4>(y, W, x, R, rows, cols, begin, end);
+  if (rows * cols >= kStreamFloats) dot_blocks_with<Vec16, true, 4>(y, W, x, R, rows, cols, begin, end);
+  else dot_blocks_with<Vec8, false, 4>(y, W, x, R, rows, cols, begin, end);
 }
 __attribute__((target("avx2"))) void dot_blocks(float* y, const float* W, const float* x, int64_t R, int64_t rows,
                                                 int64_t cols, int64_t begin, int64_t end) {
-  dot_blocks_with<Vec8, 2>(y, W, x, R, rows, cols, begin, end);
+  if (rows * cols >= kStreamFloats) dot_blocks_with<Vec8, true, 2>(y, W, x, R, rows, cols, begin, end);
+  else dot_blocks_with<Vec8, false, 2>(y, W, x, R, rows, cols, begin, end);
 }
 __attribute__((target("default")))
 #endif
 void dot_blocks(float* y, const float* W, const float* x, int64_t R, int64_t rows, int64_t cols, int64_t begin,
                 int64_t end) {
-  dot_blocks_with<Vec8, 2>(y, W, x, R, rows, cols, begin, end);
+  if (rows * cols >= kStreamFloats) dot_blocks_with<Vec8, true, 2>(y, W, x, R, rows, cols, begin, end);
+  else dot_blocks_with<Vec8, false, 2>(y, W, x, R, rows, cols, begin, end);
 }
 }  // namespace
 

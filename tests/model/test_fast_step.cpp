@@ -51,6 +51,22 @@ TEST(Matvec, EqualsAMatrixProductForEveryBlockAndTailShape) {
       }
 }
 
+// A weight of at least 2^16 floats takes the streaming kernel (prefetch, and 16 lanes on AVX-512);
+// 261 x 260 leaves a partial block of weight rows and a tail of columns for it.
+TEST(Matvec, EqualsAMatrixProductAndKeepsItsBitsForStreamedWeights) {
+  torch::manual_seed(7);
+  const int64_t rows = 261, cols = 260;
+  Tensor W = torch::randn({rows, cols});
+  for (int64_t R : {1, 3, 7}) {
+    Tensor x = torch::randn({R, cols}), together = torch::empty({R, rows}), alone = torch::empty({R, rows});
+    sl::matvec(together.data_ptr<float>(), W.data_ptr<float>(), x.data_ptr<float>(), R, rows, cols);
+    EXPECT_LT(sl_test::max_abs_diff(together, x.matmul(W.t())), 1e-3) << "R " << R;
+    for (int64_t r = 0; r < R; ++r)
+      sl::matvec(alone[r].data_ptr<float>(), W.data_ptr<float>(), x[r].data_ptr<float>(), 1, rows, cols);
+    EXPECT_TRUE(torch::equal(together, alone)) << "R " << R;
+  }
+}
+
 TEST(Matvec, EachRowIsTheSameBitsAloneOrInABatch) {
   // Speculative verification multiplies several positions at once where plain decoding multiplies
   // one: greedy output is only identical if a row's products do not depend on its company.
