@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(cmake g++ make pkg-config libtorch-dev libsentencepiece-dev sentencepiece nlohmann-json3-dev
           libcli11-dev libspdlog-dev libfmt-dev libgtest-dev libopenblas0-pthread libgloo-dev
-          python3-torch python3-numpy)
+          python3-torch python3-numpy python3-sentencepiece)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
