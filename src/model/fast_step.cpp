@@ -111,30 +111,34 @@ __attribute__((always_inline)) inline void dot_blocks_with(float* y, const float
   else dot_blocks_of<V, kStream, 4, kX>(y, W, x, R, rows, cols, begin, end);
 }
 
-// Weights of at least this many floats (256 KiB) are taken to stream from memory; smaller ones to
-// sit in cache, where prefetching costs load slots and 16-lane sums cost more than they save on
-// short rows. The choice depends on W's shape only, never on R.
+// Weights of at least this many floats (256 KiB) are taken to stream from memory and go through
+// StreamV with prefetching; smaller ones to sit in cache and keep 8 lanes without: there prefetching
+// costs load slots and 16-lane sums cost more than they save on short rows. The choice depends on
+// W's shape only, never on R.
 constexpr int64_t kStreamFloats = int64_t(1) << 16;
+template <class StreamV, int kX>
+__attribute__((always_inline)) inline void dot_blocks_sized(float* y, const float* W, const float* x, int64_t R,
+                                                            int64_t rows, int64_t cols, int64_t begin, int64_t end) {
+  if (rows * cols >= kStreamFloats) dot_blocks_with<StreamV, true, kX>(y, W, x, R, rows, cols, begin, end);
+  else dot_blocks_with<Vec8, false, kX>(y, W, x, R, rows, cols, begin, end);
+}
 
 // x86-64-v4 streams weights in 64-byte vectors: half the instructions per byte, and more of the
 // weights in flight, than 32-byte ones.
 #if SL_CPU_VERSIONS
 __attribute__((target("arch=x86-64-v4"))) void dot_blocks(float* y, const float* W, const float* x, int64_t R,
                                                           int64_t rows, int64_t cols, int64_t begin, int64_t end) {
-  if (rows * cols >= kStreamFloats) dot_blocks_with<Vec16, true, 4>(y, W, x, R, rows, cols, begin, end);
-  else dot_blocks_with<Vec8, false, 4>(y, W, x, R, rows, cols, begin, end);
+  dot_blocks_sized<Vec16, 4>(y, W, x, R, rows, cols, begin, end);
 }
 __attribute__((target("avx2"))) void dot_blocks(float* y, const float* W, const float* x, int64_t R, int64_t rows,
                                                 int64_t cols, int64_t begin, int64_t end) {
-  if (rows * cols >= kStreamFloats) dot_blocks_with<Vec8, true, 2>(y, W, x, R, rows, cols, begin, end);
-  else dot_blocks_with<Vec8, false, 2>(y, W, x, R, rows, cols, begin, end);
+  dot_blocks_sized<Vec8, 2>(y, W, x, R, rows, cols, begin, end);
 }
 __attribute__((target("default")))
 #endif
 void dot_blocks(float* y, const float* W, const float* x, int64_t R, int64_t rows, int64_t cols, int64_t begin,
                 int64_t end) {
-  if (rows * cols >= kStreamFloats) dot_blocks_with<Vec8, true, 2>(y, W, x, R, rows, cols, begin, end);
-  else dot_blocks_with<Vec8, false, 2>(y, W, x, R, rows, cols, begin, end);
+  dot_blocks_sized<Vec8, 2>(y, W, x, R, rows, cols, begin, end);
 }
 }  // namespace
 

@@ -36,6 +36,16 @@ Batch filled_batch(sl::Llama& m, int64_t R) {
   m->forward(torch::randint(cfg.vocab_size, {R, 6}), {(int)cfg.n_layers}, key_mask.narrow(1, 0, 6), &cache);
   return {cache, key_mask};
 }
+
+// x [R,cols] times W [rows,cols]^T in one call, and each row of x alone: the same bits.
+void expect_rows_same_alone_or_batched(const Tensor& W, const Tensor& x) {
+  const int64_t R = x.size(0), rows = W.size(0), cols = W.size(1);
+  Tensor together = torch::empty({R, rows}), alone = torch::empty({R, rows});
+  sl::matvec(together.data_ptr<float>(), W.data_ptr<float>(), x.data_ptr<float>(), R, rows, cols);
+  for (int64_t r = 0; r < R; ++r)
+    sl::matvec(alone[r].data_ptr<float>(), W.data_ptr<float>(), x[r].data_ptr<float>(), 1, rows, cols);
+  EXPECT_TRUE(torch::equal(together, alone)) << "R " << R << " rows " << rows << " cols " << cols;
+}
 }  // namespace
 
 TEST(Matvec, EqualsAMatrixProductForEveryBlockAndTailShape) {
@@ -58,12 +68,10 @@ TEST(Matvec, EqualsAMatrixProductAndKeepsItsBitsForStreamedWeights) {
   const int64_t rows = 261, cols = 260;
   Tensor W = torch::randn({rows, cols});
   for (int64_t R : {1, 3, 7}) {
-    Tensor x = torch::randn({R, cols}), together = torch::empty({R, rows}), alone = torch::empty({R, rows});
-    sl::matvec(together.data_ptr<float>(), W.data_ptr<float>(), x.data_ptr<float>(), R, rows, cols);
-    EXPECT_LT(sl_test::max_abs_diff(together, x.matmul(W.t())), 1e-3) << "R " << R;
-    for (int64_t r = 0; r < R; ++r)
-      sl::matvec(alone[r].data_ptr<float>(), W.data_ptr<float>(), x[r].data_ptr<float>(), 1, rows, cols);
-    EXPECT_TRUE(torch::equal(together, alone)) << "R " << R;
+    Tensor x = torch::randn({R, cols}), y = torch::empty({R, rows});
+    sl::matvec(y.data_ptr<float>(), W.data_ptr<float>(), x.data_ptr<float>(), R, rows, cols);
+    EXPECT_LT(sl_test::max_abs_diff(y, x.matmul(W.t())), 1e-3) << "R " << R;
+    expect_rows_same_alone_or_batched(W, x);
   }
 }
 
@@ -76,11 +84,7 @@ TEST(Matvec, EachRowIsTheSameBitsAloneOrInABatch) {
     for (int64_t rows : {5, 13, 64})
       for (int64_t cols : {7, 64, 70}) {
         Tensor W = torch::randn({rows, cols}), x = torch::randn({R, cols});
-        Tensor together = torch::empty({R, rows}), alone = torch::empty({R, rows});
-        sl::matvec(together.data_ptr<float>(), W.data_ptr<float>(), x.data_ptr<float>(), R, rows, cols);
-        for (int64_t r = 0; r < R; ++r)
-          sl::matvec(alone[r].data_ptr<float>(), W.data_ptr<float>(), x[r].data_ptr<float>(), 1, rows, cols);
-        EXPECT_TRUE(torch::equal(together, alone)) << "R " << R << " rows " << rows << " cols " << cols;
+        expect_rows_same_alone_or_batched(W, x);
       }
 }
 
