@@ -209,18 +209,12 @@ std::string subcommand_of(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   // Settings that libraries read once, when they load (before main), take a restart of this same
-  // binary (through its real path, so that ps and top still show "sortedllama"):
-  // - a better OpenBLAS kernel than the one it detected, or dropping one that failed its check;
-  // - libgomp's default wait policy spins idle OpenMP threads, which starves OpenBLAS's own
-  //   threads: training steps took 2x as long on 2 cores. So, unless the user chose a policy, the
-  //   process runs with PASSIVE. generate, calibrate and tune are the exception: their decoding steps run
-  //   about a hundred short parallel regions per token on idle BLAS threads, and waking passive
-  //   threads for each cost a fifth of the speed.
+  // binary (through its real path, so that ps and top still show "sortedllama"): a better OpenBLAS
+  // kernel than the one it detected (or dropping one that failed its check), and the thread settings
+  // of the subcommand (sl::thread_env_for).
   bool restart = sl::prepare_blas_kernel();
-  const std::string subcommand = sl::subcommand_of(argc, argv);
-  if (!getenv("OMP_WAIT_POLICY") && subcommand != "generate" && subcommand != "calibrate" &&
-      subcommand != "tune")
-    restart = setenv("OMP_WAIT_POLICY", "PASSIVE", 1) == 0 || restart;
+  for (const auto& [name, value] : sl::thread_env_for(sl::subcommand_of(argc, argv)))
+    restart = setenv(name.c_str(), value.c_str(), 1) == 0 || restart;
   if (restart) {
     char self[4096];
     const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);

@@ -175,6 +175,13 @@ std::string blas_kernel_note() {
   return "kernel " + c.chosen + " chosen by sortedllama over OpenBLAS's " + c.detected + ", results checked on this CPU";
 }
 
+std::vector<std::pair<std::string, std::string>> thread_env_for(const std::string& subcommand) {
+  const bool decoding = subcommand == "generate" || subcommand == "calibrate" || subcommand == "tune";
+  const char* name = decoding ? "OPENBLAS_THREAD_TIMEOUT" : "OMP_WAIT_POLICY";
+  if (getenv(name)) return {};
+  return {{name, decoding ? "18" : "PASSIVE"}};
+}
+
 int init_threads(int n) {
   if (n <= 0) n = (int)std::max(1u, std::thread::hardware_concurrency());
   torch::set_num_threads(n);

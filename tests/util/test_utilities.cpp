@@ -1,4 +1,4 @@
-// util: checksums, the portable seeded RNG and atomic writes.
+// util: checksums, the portable seeded RNG, atomic writes and the process set-up.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -100,4 +100,26 @@ TEST(BlasKernel, AFallbackKernelIsReplacedByWhatTheCpuRuns) {
 TEST(BlasKernel, ProductsOfTheKernelInUseAreChecked) {
   EXPECT_FALSE(sl::blas_core_name().empty()) << "the BLAS is not OpenBLAS";
   EXPECT_TRUE(sl::blas_products_correct()) << "kernel " << sl::blas_core_name();
+}
+
+TEST(ThreadEnv, DecodingCutsOpenBlasSpinningAndTheRestWaitsPassivelyUnlessTheUserChose) {
+  using Env = std::vector<std::pair<std::string, std::string>>;
+  // Restores a variable as the test found it.
+  struct Saved {
+    std::string name;
+    const char* old;
+    std::string value;
+    explicit Saved(const char* n) : name(n), old(getenv(n)), value(old ? old : "") {}
+    ~Saved() { old ? setenv(name.c_str(), value.c_str(), 1) : unsetenv(name.c_str()); }
+  } timeout("OPENBLAS_THREAD_TIMEOUT"), wait("OMP_WAIT_POLICY");
+  unsetenv("OPENBLAS_THREAD_TIMEOUT");
+  unsetenv("OMP_WAIT_POLICY");
+  for (const char* decoding : {"generate", "calibrate", "tune"})
+    EXPECT_EQ(sl::thread_env_for(decoding), (Env{{"OPENBLAS_THREAD_TIMEOUT", "18"}})) << decoding;
+  for (const char* other : {"finetune", "eval", "convert", ""})
+    EXPECT_EQ(sl::thread_env_for(other), (Env{{"OMP_WAIT_POLICY", "PASSIVE"}})) << other;
+  setenv("OPENBLAS_THREAD_TIMEOUT", "28", 1);
+  setenv("OMP_WAIT_POLICY", "ACTIVE", 1);
+  EXPECT_TRUE(sl::thread_env_for("generate").empty());
+  EXPECT_TRUE(sl::thread_env_for("finetune").empty());
 }

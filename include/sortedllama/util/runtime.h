@@ -1,6 +1,8 @@
 // Process-wide set-up: intra-op threads, BLAS check, logging, device choice.
 #pragma once
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace sl {
 
@@ -36,6 +38,18 @@ bool prepare_blas_kernel();
 std::string blas_kernel_note();
 // Whether libtorch's fp32 matrix and matrix-vector products agree with plain loops on this CPU.
 bool blas_products_correct();
+
+// The variables (name, value) that libgomp and OpenBLAS should see when they load for `subcommand`
+// ("" for none), leaving out any the user has set. Two pools of threads share the cores, and each
+// one's idle threads spinning takes them from the other's work:
+// - training and evaluation: OMP_WAIT_POLICY=PASSIVE. libgomp's default spins idle OpenMP threads,
+//   which starves OpenBLAS's own threads: training steps took 2x as long on 2 cores.
+// - decoding (generate, calibrate, tune): OpenMP keeps its default. A decoding step runs about a
+//   hundred short parallel regions per token, and waking passive threads for each cost a fifth of
+//   the speed. OpenBLAS's idle threads instead stop spinning after 2^18 cycles, not its default
+//   2^28 (about 0.1 s after each product and after they start): the first prompt's prefill took
+//   20x as long as the next ones' while they spun.
+std::vector<std::pair<std::string, std::string>> thread_env_for(const std::string& subcommand);
 
 // "sortedllama 0.1.0 (libtorch 1.13.1, BLAS: OpenBLAS ..., 2 threads, OpenMP wait PASSIVE, cpu)"
 std::string version_string();
