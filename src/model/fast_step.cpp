@@ -37,10 +37,47 @@ template <class Lanes>
 inline float sum8(const Lanes& l) {
   return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
 }
-inline float sum_lanes(const Vec8& l) { return sum8(l); }
-inline float sum_lanes(const Vec16& l) {
-  return sum8(Vec8{l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7]}) +
-         sum8(Vec8{l[8], l[9], l[10], l[11], l[12], l[13], l[14], l[15]});
+// Helpers on vectors are always inlined and return through references: a call between code of
+// different CPU versions would disagree on how vectors are passed.
+#define SL_VECTOR_HELPER __attribute__((always_inline)) inline
+SL_VECTOR_HELPER void halves(Vec8& low, Vec8& high, const Vec16& l) {
+  low = Vec8{l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7]};
+  high = Vec8{l[8], l[9], l[10], l[11], l[12], l[13], l[14], l[15]};
+}
+SL_VECTOR_HELPER float sum_lanes(const Vec8& l) { return sum8(l); }
+SL_VECTOR_HELPER float sum_lanes(const Vec16& l) {
+  Vec8 low, high;
+  halves(low, high, l);
+  return sum8(low) + sum8(high);
+}
+
+// out = [x0+x1, x2+x3, y0+y1, y2+y3, x4+x5, x6+x7, y4+y5, y6+y7]
+typedef int Picks __attribute__((vector_size(32)));
+SL_VECTOR_HELPER void pair_sums(Vec8& out, const Vec8& x, const Vec8& y) {
+  out = __builtin_shuffle(x, y, Picks{0, 2, 8, 10, 4, 6, 12, 14}) + __builtin_shuffle(x, y, Picks{1, 3, 9, 11, 5, 7, 13, 15});
+}
+
+// out[k] = sum8(a[k]) for eight vectors at once: the same tree (so the same bits) in a transposed
+// order, seven vector additions instead of eight horizontal sums.
+SL_VECTOR_HELPER void sums_of_eight(float* out, const Vec8* a) {
+  Vec8 ab, cd, ef, gh, t, u;
+  pair_sums(ab, a[0], a[1]);
+  pair_sums(cd, a[2], a[3]);
+  pair_sums(ef, a[4], a[5]);
+  pair_sums(gh, a[6], a[7]);
+  pair_sums(t, ab, cd);  // lanes 0-3: (l0+l1)+(l2+l3) of a[0..3]; lanes 4-7: (l4+l5)+(l6+l7)
+  pair_sums(u, ef, gh);  // the same of a[4..7]
+  const Vec8 s = __builtin_shuffle(t, u, Picks{0, 1, 2, 3, 8, 9, 10, 11}) +
+                 __builtin_shuffle(t, u, Picks{4, 5, 6, 7, 12, 13, 14, 15});
+  std::memcpy(out, &s, sizeof s);
+}
+SL_VECTOR_HELPER void sums_of_eight(float* out, const Vec16* a) {
+  Vec8 low[8], high[8];
+  for (int k = 0; k < 8; ++k) halves(low[k], high[k], a[k]);
+  float lows[8], highs[8];
+  sums_of_eight(lows, low);
+  sums_of_eight(highs, high);
+  for (int k = 0; k < 8; ++k) out[k] = lows[k] + highs[k];
 }
 
 // y[r + c, i + a] for a < NW weight rows and c < NX input rows: NW * NX dot products in registers
@@ -74,9 +111,14 @@ __attribute__((always_inline)) inline void dot_block(float* y, const float* W, c
       for (int c = 0; c < NX; ++c) acc[a * NX + c] += ws * xs[c];
     }
   }
+  float sums[NW * NX];
+  int k = 0;
+  if constexpr (NW * NX % 8 == 0)
+    for (; k < NW * NX; k += 8) sums_of_eight(sums + k, acc + k);
+  for (; k < NW * NX; ++k) sums[k] = sum_lanes(acc[k]);
   for (int a = 0; a < NW; ++a)
     for (int c = 0; c < NX; ++c) {
-      float sum = sum_lanes(acc[a * NX + c]);
+      float sum = sums[a * NX + c];
       for (int64_t e = j; e < cols; ++e) sum += w[a * cols + e] * v[c * cols + e];
       y[(r + c) * rows + i + a] = sum;
     }
