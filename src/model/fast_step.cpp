@@ -271,18 +271,41 @@ void project_qkv(DecoderLayerImpl& layer, const float* x, const AttnInputs& in, 
   cache.len[i] = slot + d.T;
 }
 
-// q . k over hd values. Eight independent partial sums when hd allows it: the compiler vectorises
-// them without reassociating a float sum.
-inline float dot(const float* q, const float* k, int64_t hd) {
+// sc[s] = q . k[s] for S keys of hd values (rows hd apart). With hd a multiple of 8, eight partial
+// sums per key in a vector, and eight keys summed at once: a key's score has the same bits whatever
+// keys come with it (sums_of_eight is sum8's tree).
+SL_VECTOR_HELPER void key_scores(float* sc, const float* q, const float* k, int64_t S, int64_t hd) {
+  int64_t s = 0;
   if (hd % 8 != 0) {
-    float sum = 0;
-    for (int64_t e = 0; e < hd; ++e) sum += q[e] * k[e];
-    return sum;
+    for (; s < S; ++s) {
+      float sum = 0;
+      for (int64_t e = 0; e < hd; ++e) sum += q[e] * k[s * hd + e];
+      sc[s] = sum;
+    }
+    return;
   }
-  float acc[8] = {0};
-  for (int64_t e = 0; e < hd; e += 8)
-    for (int l = 0; l < 8; ++l) acc[l] += q[e + l] * k[e + l];
-  return sum8(acc);
+  for (; s + 8 <= S; s += 8) {
+    Vec8 acc[8] = {};
+    for (int64_t e = 0; e < hd; e += 8) {
+      Vec8 qs, ks;
+      load(qs, q + e);
+#pragma GCC unroll 8
+      for (int c = 0; c < 8; ++c) {
+        load(ks, k + (s + c) * hd + e);
+        acc[c] += qs * ks;
+      }
+    }
+    sums_of_eight(sc + s, acc);
+  }
+  for (; s < S; ++s) {
+    Vec8 acc = {}, qs, ks;
+    for (int64_t e = 0; e < hd; e += 8) {
+      load(qs, q + e);
+      load(ks, k + s * hd + e);
+      acc += qs * ks;
+    }
+    sc[s] = sum8(acc);
+  }
 }
 
 // e^x for x <= 0 in plain arithmetic that vectorises (libm's expf is one call per value): Cephes'
@@ -310,7 +333,8 @@ SL_CPU_CLONES void attend_head(float* o, float* sc, const float* q, const float*
   // sums and the maximum keep eight partial lanes.
   const float inv_scale = 1.0f / std::sqrt((float)hd), none = -std::numeric_limits<float>::infinity();
   int64_t s;
-  for (s = 0; s < S; ++s) sc[s] = dot(q, k + s * hd, hd) * inv_scale;
+  key_scores(sc, q, k, S, hd);
+  for (s = 0; s < S; ++s) sc[s] *= inv_scale;
   if (visible)
     for (s = 0; s < S; ++s) sc[s] = visible[s * visible_step] ? sc[s] : none;
   float lanes[8] = {none, none, none, none, none, none, none, none};
