@@ -114,9 +114,10 @@ DecodeOptions plan_options(const GenerateArgs& a, const LoadedModel& m) {
   return opt.resolved((int)cfg.n_layers);
 }
 
-// One batch's prompts as token ids, checked against the model's memory and context.
+// One batch's prompts as token ids, checked against the model's memory and context; prompts that may
+// run past the context are counted in past_context, and the run's first one is named.
 std::vector<std::vector<int>> encode_batch(const std::vector<std::string>& prompts, size_t start, size_t end,
-                                           const LoadedModel& m, const DecodeOptions& opt) {
+                                           const LoadedModel& m, const DecodeOptions& opt, size_t& past_context) {
   std::vector<std::vector<int>> ids;
   size_t longest = 0;
   for (size_t i = start; i < end; ++i) {
@@ -126,10 +127,10 @@ std::vector<std::vector<int>> encode_batch(const std::vector<std::string>& promp
   check_kv_cache_fits(m.model, (int64_t)ids.size(), (int64_t)longest, opt.max_new_tokens);
   const int64_t context = m.model->config().max_seq_len;
   for (size_t i = 0; i < ids.size(); ++i)
-    if ((int64_t)ids[i].size() + opt.max_new_tokens > context)
+    if ((int64_t)ids[i].size() + opt.max_new_tokens > context && past_context++ == 0)
       spdlog::warn("prompt {} has {} tokens; with --max-new-tokens {} it runs past the model's {} positions "
-                   "(max_position_embeddings): quality degrades there", start + i + 1, ids[i].size(),
-                   opt.max_new_tokens, context);
+                   "(max_position_embeddings): quality degrades there (the prompts that do are counted at the end)",
+                   start + i + 1, ids[i].size(), opt.max_new_tokens, context);
   return ids;
 }
 
@@ -196,9 +197,10 @@ void run_generate(GenerateArgs a, const GlobalOptions& g) {
     w.max_new_tokens = 2;
     generate(m.model, {m.tokenizer->encode(prompts[0], true)}, w);
   }
+  size_t past_context = 0;
   for (size_t start = 0; start < prompts.size(); start += (size_t)a.batch_size) {
     const std::vector<std::vector<int>> ids =
-        encode_batch(prompts, start, std::min(prompts.size(), start + (size_t)a.batch_size), m, opt);
+        encode_batch(prompts, start, std::min(prompts.size(), start + (size_t)a.batch_size), m, opt, past_context);
     BatchRun run = run_batch(m.model, ids, streaming);
     const std::vector<Generation> base = a.compare_baseline ? compare_with_baseline(m, ids, opt, run) : std::vector<Generation>{};
     for (size_t i = 0; i < run.gens.size(); ++i) {
@@ -213,6 +215,9 @@ void run_generate(GenerateArgs a, const GlobalOptions& g) {
     std::cout << std::flush;
     spdlog::info("{} prompts: {}", run.gens.size(), run.summary);
   }
+  if (past_context > 0)
+    spdlog::warn("{} of {} prompts ran with --max-new-tokens {} past the model's {} positions", past_context,
+                 prompts.size(), opt.max_new_tokens, m.model->config().max_seq_len);
 }
 }  // namespace
 

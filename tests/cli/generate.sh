@@ -27,6 +27,13 @@ PY
 printf 'Tom had a dog\nThe sky\n' >"$WORK/p.txt"
 [ "$("$BIN" generate --model "$M" --prompt-file "$WORK/p.txt" --max-new-tokens 5 | wc -l)" -eq 2 ] || fail "line prompts"
 
+# Prompts that may run past the model's positions: one warning names the first, one counts them all.
+printf 'a\nb\nc\n' >"$WORK/three.txt"
+"$BIN" generate --model "$M" --prompt-file "$WORK/three.txt" --max-new-tokens 600 >/dev/null 2>"$WORK/past"
+[ "$(grep -c "runs past the model's 512 positions" "$WORK/past")" -eq 1 ] || fail "not one warning: $(cat "$WORK/past")"
+grep -q "3 of 3 prompts ran with --max-new-tokens 600 past the model's 512 positions" "$WORK/past" ||
+  fail "no count of the prompts past the context: $(cat "$WORK/past")"
+
 expect_error "--exit-layer 9 is outside the model's 1..5 layers" "$BIN" generate --model "$M" --prompt hi --exit-layer 9
 expect_error "exactly one of --prompt and --prompt-file" "$BIN" generate --model "$M"
 printf '{"text": "no prompt key"}\n' >"$WORK/bad.jsonl"
