@@ -147,6 +147,35 @@ TEST(FastStep, EqualsTheGeneralLayerForSeveralPositions) {
   }
 }
 
+TEST(FastStep, EqualsTheGeneralLayerForWideHeadsAndLongCaches) {
+  // Heads of ten vectors (80) or off the vector width (12), over more cached keys than one block of
+  // scores (8), one row left-padded.
+  torch::NoGradGuard g;
+  for (int64_t hd : {80, 12}) {
+    sl::ModelConfig c;
+    c.dim = 2 * hd, c.hidden_dim = 48, c.n_layers = 1, c.n_heads = 2, c.n_kv_heads = 1, c.vocab_size = 64,
+    c.max_seq_len = 64;
+    sl::Llama m(c);
+    m->init_weights(0.1, 2);
+    const int64_t R = 2, P = 21;
+    Tensor key_mask = torch::ones({R, P + 3}, torch::kInt64);
+    key_mask[1].narrow(0, 0, 5).fill_(0);
+    sl::KVCache cache(c, R, P + 3, torch::kFloat32);
+    torch::manual_seed(4);
+    m->forward(torch::randint(c.vocab_size, {R, P}), {1}, key_mask.narrow(1, 0, P), &cache);
+    auto& layer = m->body->layers->at<sl::DecoderLayerImpl>(0);
+    for (int64_t T : {1, 3}) {
+      sl::KVCache general = copy_of(cache), fast = copy_of(cache);
+      sl::StepBuffers buf;
+      sl::AttnInputs in = m->attn_inputs(key_mask.narrow(1, 0, P + T), R, P, T);
+      Tensor x = torch::randn({R, T, c.dim});
+      ASSERT_TRUE(sl::fast_step_applies(x, &fast));
+      Tensor want = layer.forward(x, in, &general, 0), got = sl::fast_layer_step(layer, x, in, fast, 0, buf);
+      EXPECT_LT(sl_test::max_abs_diff(got, want), 1e-5) << "hd " << hd << " T " << T;
+    }
+  }
+}
+
 // A draft tree's nodes: explicit rotary positions (siblings share one) and a mask that is not
 // causal (a node sees some earlier nodes, not all). The fast step reads both as the general layer does.
 TEST(FastStep, EqualsTheGeneralLayerForATreeMask) {
