@@ -271,43 +271,6 @@ void project_qkv(DecoderLayerImpl& layer, const float* x, const AttnInputs& in, 
   cache.len[i] = slot + d.T;
 }
 
-// sc[s] = q . k[s] for S keys of hd values (rows hd apart). With hd a multiple of 8, eight partial
-// sums per key in a vector, and eight keys summed at once: a key's score has the same bits whatever
-// keys come with it (sums_of_eight is sum8's tree).
-SL_VECTOR_HELPER void key_scores(float* sc, const float* q, const float* k, int64_t S, int64_t hd) {
-  int64_t s = 0;
-  if (hd % 8 != 0) {
-    for (; s < S; ++s) {
-      float sum = 0;
-      for (int64_t e = 0; e < hd; ++e) sum += q[e] * k[s * hd + e];
-      sc[s] = sum;
-    }
-    return;
-  }
-  for (; s + 8 <= S; s += 8) {
-    Vec8 acc[8] = {};
-    for (int64_t e = 0; e < hd; e += 8) {
-      Vec8 qs, ks;
-      load(qs, q + e);
-#pragma GCC unroll 8
-      for (int c = 0; c < 8; ++c) {
-        load(ks, k + (s + c) * hd + e);
-        acc[c] += qs * ks;
-      }
-    }
-    sums_of_eight(sc + s, acc);
-  }
-  for (; s < S; ++s) {
-    Vec8 acc = {}, qs, ks;
-    for (int64_t e = 0; e < hd; e += 8) {
-      load(qs, q + e);
-      load(ks, k + s * hd + e);
-      acc += qs * ks;
-    }
-    sc[s] = sum8(acc);
-  }
-}
-
 // e^x for x <= 0 in plain arithmetic that vectorises (libm's expf is one call per value): Cephes'
 // expf: x = n ln2 + r with |r| <= ln2/2 and a degree-5 minimax polynomial for e^r, times 2^n;
 // relative error below 1e-7 (checked over [-87, 0]). Below -87 (e^x < 2e-38) it returns e^-87.
@@ -333,7 +296,9 @@ SL_CPU_CLONES void attend_head(float* o, float* sc, const float* q, const float*
   // sums and the maximum keep eight partial lanes.
   const float inv_scale = 1.0f / std::sqrt((float)hd), none = -std::numeric_limits<float>::infinity();
   int64_t s;
-  key_scores(sc, q, k, S, hd);
+  // sc[s] = q . k[s]: the keys [S,hd] as the weights of one input row, in the projections' blocks
+  // (eight keys summed at once), so a key's score has the same bits whatever S.
+  dot_blocks_of<Vec8, /*kStream=*/false, 8, 1>(sc, k, q, /*R=*/1, /*rows=*/S, /*cols=*/hd, 0, S);
   for (s = 0; s < S; ++s) sc[s] *= inv_scale;
   if (visible)
     for (s = 0; s < S; ++s) sc[s] = visible[s * visible_step] ? sc[s] : none;
