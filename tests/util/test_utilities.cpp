@@ -106,11 +106,10 @@ TEST(ThreadEnv, DecodingCutsOpenBlasSpinningAndTheRestWaitsPassivelyUnlessTheUse
   using Env = std::vector<std::pair<std::string, std::string>>;
   // Restores a variable as the test found it.
   struct Saved {
-    std::string name;
-    const char* old;
-    std::string value;
-    explicit Saved(const char* n) : name(n), old(getenv(n)), value(old ? old : "") {}
-    ~Saved() { old ? setenv(name.c_str(), value.c_str(), 1) : unsetenv(name.c_str()); }
+    std::string name, value;
+    bool was_set;
+    explicit Saved(const char* n) : name(n), value(getenv(n) ? getenv(n) : ""), was_set(getenv(n) != nullptr) {}
+    ~Saved() { was_set ? setenv(name.c_str(), value.c_str(), 1) : unsetenv(name.c_str()); }
   } timeout("OPENBLAS_THREAD_TIMEOUT"), wait("OMP_WAIT_POLICY");
   unsetenv("OPENBLAS_THREAD_TIMEOUT");
   unsetenv("OMP_WAIT_POLICY");
