@@ -1,5 +1,7 @@
 #include "sortedllama/model/objective.h"
 
+#include "sortedllama/model/softmax_rows.h"
+
 namespace sl {
 
 using torch::Tensor;
@@ -29,6 +31,33 @@ Batch right_padded_batch(const std::vector<LabeledSequence>& seqs, torch::Device
 }
 
 namespace {
+// In place on one chunk's fp32 logits [m,V] and labels [m,1]: the NLL sum, and with grad the
+// logits turned into grad_scale * (softmax - onehot). CPU rows take softmax_nll_rows; elsewhere
+// (CUDA) tensor ops do the same.
+double chunk_nll(Tensor& logits, const Tensor& lab, double grad_scale, bool grad) {
+  if (logits.is_cpu()) {
+    const Tensor l = lab.contiguous();
+    return softmax_nll_rows(logits.data_ptr<float>(), l.data_ptr<int64_t>(), logits.size(0), logits.size(1), grad_scale,
+                            grad);
+  }
+  Tensor target = logits.gather(1, lab), top = std::get<0>(logits.max(1, /*keepdim=*/true));
+  Tensor sum_exp = logits.sub_(top).exp_().sum(1, /*keepdim=*/true);  // logits now exp(logit - max)
+  const double nll = (sum_exp.log() + top - target).sum().item<double>();
+  if (grad)
+    logits.mul_(sum_exp.reciprocal().mul_(grad_scale)).scatter_add_(1, lab, torch::full_like(target, -grad_scale));
+  return nll;
+}
+
+// The fp32 logits buffer of a chunk. On the CPU one per thread is kept between calls: a fresh one
+// (tens of MiB, so mapped anew each time) costs its page faults and zeroing at every exit of every step.
+Tensor logits_buffer(int64_t rows, int64_t V, torch::Device device) {
+  auto opts = torch::dtype(torch::kFloat32).device(device);
+  if (!device.is_cpu()) return torch::empty({rows, V}, opts);
+  thread_local Tensor kept;
+  if (!kept.defined() || kept.numel() < rows * V) kept = torch::empty({rows * V}, opts);
+  return kept.narrow(0, 0, rows * V).view({rows, V});
+}
+
 // The head and cross-entropy of n normed positions as one autograd node. Forward runs a chunk of
 // positions at a time and, when gradients are wanted, turns each chunk's fp32 logits in place into
 // grad_scale * (softmax - onehot), the gradient of the scaled NLL with respect to them, which feeds
@@ -42,8 +71,7 @@ struct FusedHeadNll : torch::autograd::Function<FusedHeadNll> {
     const bool want_h = grad_scale != 0 && ctx->needs_input_grad(0), want_w = grad_scale != 0 && ctx->needs_input_grad(1);
     Tensor gh = want_h ? torch::empty_like(h) : Tensor();                                      // [n,D]
     Tensor gw = want_w ? torch::zeros(w.sizes(), w.options().dtype(torch::kFloat32)) : Tensor();  // [V,D]
-    // One logits buffer for every chunk: allocated (and page-faulted) once per call, whatever its size.
-    Tensor buffer = torch::empty({std::min(chunk, n), w.size(0)}, w.options().dtype(torch::kFloat32));
+    Tensor buffer = logits_buffer(std::min(chunk, n), w.size(0), w.device());  // one for every chunk
     double nll = 0;
     for (int64_t s = 0; s < n; s += chunk) {
       const int64_t m = std::min(chunk, n - s);
@@ -51,11 +79,8 @@ struct FusedHeadNll : torch::autograd::Function<FusedHeadNll> {
       Tensor logits = buffer.narrow(0, 0, m);                                     // [m,V]
       if (w.scalar_type() == torch::kFloat32) torch::mm_out(logits, hc, w.t());
       else logits.copy_(torch::mm(hc, w.t()));
-      Tensor target = logits.gather(1, lab), top = std::get<0>(logits.max(1, /*keepdim=*/true));
-      Tensor sum_exp = logits.sub_(top).exp_().sum(1, /*keepdim=*/true);  // logits now exp(logit - max)
-      nll += (sum_exp.log() + top - target).sum().item<double>();
+      nll += chunk_nll(logits, lab, grad_scale, want_h || want_w);
       if (!want_h && !want_w) continue;
-      logits.mul_(sum_exp.reciprocal().mul_(grad_scale)).scatter_add_(1, lab, torch::full_like(target, -grad_scale));
       if (want_h) {
         Tensor rows = gh.narrow(0, s, m);
         torch::mm_out(rows, logits.to(w.scalar_type()), w);

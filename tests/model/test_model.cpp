@@ -6,6 +6,7 @@
 #include "sortedllama/io/checkpoint.h"
 #include "sortedllama/eval/lm.h"
 #include "sortedllama/model/objective.h"
+#include "sortedllama/model/softmax_rows.h"
 #include "sortedllama/io/safetensors.h"
 #include "test_util.h"
 
@@ -127,6 +128,65 @@ TEST(ModelReference, FusedLossEqualsNaiveLogSoftmaxNll) {
           << name << ", chunk " << chunk;
     torch::NoGradGuard no_grad;  // without gradients (evaluation) the same sum
     EXPECT_NEAR(sl::exit_nll_sum(m, leaf.detach(), labels, 3, chunk), loss.item<double>(), 1e-4) << "chunk " << chunk;
+  }
+}
+
+// The CPU rows' loss kernel against libtorch's log_softmax and softmax: a vocabulary of several
+// summation blocks plus an odd tail, rows from confident to flat, every label position.
+TEST(SoftmaxRows, EqualsLogSoftmaxNllAndItsGradient) {
+  torch::manual_seed(5);
+  const int64_t m = 7, V = 3 * 1024 + 37;
+  Tensor logits = torch::randn({m, V}) * torch::tensor({0.1, 1.0, 3.0, 10.0, 30.0, 1.0, 5.0}).unsqueeze(1);
+  logits[3][100] = 80;  // one dominant logit: its row's softmax is nearly one-hot
+  Tensor labels = torch::tensor({0L, V - 1, 1023L, 100L, 2048L, 17L, V - 37});
+  const double scale = 0.25;
+  Tensor logp = logits.log_softmax(1);
+  const double want = -logp.gather(1, labels.unsqueeze(1)).sum().item<double>();
+  Tensor want_grad = (logp.exp() - torch::one_hot(labels, V).to(torch::kFloat32)) * scale;
+
+  Tensor rows = logits.clone();
+  const double got = sl::softmax_nll_rows(rows.data_ptr<float>(), labels.data_ptr<int64_t>(), m, V, scale, true);
+  EXPECT_NEAR(got, want, 1e-5 * std::abs(want));
+  EXPECT_LT(sl_test::max_abs_diff(rows, want_grad), 1e-7);
+  Tensor plain = logits.clone();  // without the gradient: the same sum, rows left as exp(l - max)
+  EXPECT_EQ(sl::softmax_nll_rows(plain.data_ptr<float>(), labels.data_ptr<int64_t>(), m, V, scale, false), got);
+  Tensor want_exp = (logits - std::get<0>(logits.max(1, true))).exp();
+  EXPECT_LT(sl_test::max_abs_diff(plain, want_exp), 1e-6);
+
+  Tensor bad = torch::tensor({0L, V, 0L, 0L, 0L, 0L, 0L});
+  EXPECT_THROW(sl::softmax_nll_rows(plain.data_ptr<float>(), bad.data_ptr<int64_t>(), m, V, scale, true), c10::Error);
+}
+
+// Attention's fused masked softmax against libtorch's division, masked_fill and softmax, forward
+// and backward: rows shorter and longer than the vector width, keys hidden at random (each query
+// still sees itself), and no mask at all.
+TEST(SoftmaxRows, MaskedSoftmaxAndItsBackwardEqualLibtorch) {
+  torch::manual_seed(6);
+  const int64_t B = 2, H = 3, T = 5;
+  for (int64_t S : {5L, 37L}) {
+    Tensor scores = torch::randn({B, H, T, S}) * 4, grad_probs = torch::randn({B, H, T, S});
+    Tensor mask = torch::rand({B, 1, T, S}) < 0.6;
+    for (int64_t t = 0; t < T; ++t) mask.select(2, t).select(2, S - T + t).fill_(true);
+    const float divisor = std::sqrt(8.0f);
+    for (bool masked : {true, false}) {
+      Tensor x = scores.clone().requires_grad_(true);
+      Tensor scaled = x / divisor;
+      if (masked) scaled = scaled.masked_fill(mask.logical_not(), -std::numeric_limits<float>::infinity());
+      Tensor want = scaled.softmax(-1);
+      want.backward(grad_probs);
+
+      Tensor probs = torch::empty_like(scores), grad = torch::empty_like(scores);
+      Tensor m = mask.reshape({B, T, S}).contiguous();
+      sl::masked_softmax_rows(probs.data_ptr<float>(), scores.data_ptr<float>(), masked ? m.data_ptr<bool>() : nullptr,
+                              B * H * T, H, T, S, divisor);
+      sl::masked_softmax_backward_rows(grad.data_ptr<float>(), grad_probs.data_ptr<float>(), probs.data_ptr<float>(),
+                                       B * H * T, S, divisor);
+      EXPECT_LT(sl_test::max_abs_diff(probs, want.detach()), 1e-6) << "S " << S << (masked ? ", masked" : "");
+      EXPECT_LT(sl_test::max_abs_diff(grad, x.grad()), 1e-6) << "S " << S << (masked ? ", masked" : "");
+      if (masked) {
+        EXPECT_EQ(probs.masked_select(mask.expand_as(probs).logical_not()).abs().sum().item<float>(), 0);
+      }
+    }
   }
 }
 
