@@ -23,6 +23,7 @@ import json
 import math
 import os
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -214,12 +215,25 @@ def gemm_worker(args):
 
 # ------------------------------------------------------------------ driver
 # ------------------------------------------------------------------ driver
+# The OpenBLAS kernel sortedllama runs with (from its --version line); the Python processes get it too.
+BLAS_KERNEL = {}
+
+
+def blas_kernel_of(version):
+    """The core name in OpenBLAS's configuration string ("... NO_AFFINITY SkylakeX MAX_THREADS=64"), or None."""
+    m = re.search(r"OpenBLAS [^(;]*? (\w+) MAX_THREADS", version)
+    return m.group(1) if m else None
+
+
 def run_measured(cmd, stdout_path):
     """Runs cmd, returns (exit code, peak RSS in MiB, wall seconds). Every run gets the OpenMP wait
     policy that sortedllama picks for itself (PASSIVE), so that the PyTorch loop is not slowed by
-    OpenMP threads spinning against OpenBLAS's."""
+    OpenMP threads spinning against OpenBLAS's, and the OpenBLAS kernel sortedllama uses: Debian's
+    OpenBLAS takes recent Xeons for SSE3 machines, which would leave PyTorch a 4x slower GEMM.
+    A user's own OPENBLAS_CORETYPE or OMP_WAIT_POLICY wins."""
     t0 = time.perf_counter()
-    env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+    env = dict(BLAS_KERNEL, **os.environ)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     with open(stdout_path, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
@@ -387,7 +401,8 @@ def markdown(result):
           "medians, and for ratios the median of the ratios within each interleaved round. Model FLOPs: the "
           "matrix products of one step (forward + both gradients; heads on labelled positions only). GEMM "
           "speed: the same products timed alone with torch.mm/bmm in the same run. Phases (sortedllama, ms per "
-          "step): from metrics.jsonl `phase_ms`."]
+          "step): from metrics.jsonl `phase_ms`. The Python processes (PyTorch loop, GEMM timing) ran with "
+          f"OPENBLAS_CORETYPE={result['pytorch_openblas_kernel']}, the kernel sortedllama uses."]
     for s in result["settings"]:
         u = s["setup"]
         md += ["", f"## {s['setting']}: {u['data']} data, batch {u['batch_size']}, max_seq_len {u['max_seq_len']}, "
@@ -418,7 +433,12 @@ def driver(args):
     os.makedirs(args.out, exist_ok=True)
     work = tempfile.mkdtemp(prefix="sortedllama-bench-ft-")
     alpaca = json.load(open(args.alpaca))
-    result = {"benchmark": "finetune", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(args.bin, args.threads),
+    mach = machine(args.bin, args.threads)
+    kernel = os.environ.get("OPENBLAS_CORETYPE") or blas_kernel_of(mach["sortedllama"])
+    if kernel:
+        BLAS_KERNEL["OPENBLAS_CORETYPE"] = kernel
+    result = {"benchmark": "finetune", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": mach,
+              "pytorch_openblas_kernel": kernel,
               "settings": [bench_setting(args, s, work, alpaca) for s in args.settings.split(",")]}
     json.dump(result, open(os.path.join(args.out, "finetune.json"), "w"), indent=2)
     md = markdown(result)

@@ -196,24 +196,6 @@ void project(float* out, const float* in, int64_t R, const Tensor& w) {
   matvec(out, w.data_ptr<float>(), in, R, w.size(0), w.size(1));
 }
 
-// out = x * rsqrt(mean(x^2) + eps) * w over D values (RMSNormImpl::forward).
-void rmsnorm(float* out, const float* x, const float* w, int64_t D, double eps) {
-  double ss = 0;
-  for (int64_t d = 0; d < D; ++d) ss += (double)x[d] * x[d];
-  const float inv = (float)(1.0 / std::sqrt(ss / (double)D + eps));
-  for (int64_t d = 0; d < D; ++d) out[d] = w[d] * (x[d] * inv);
-}
-
-// HF's rotate-half rotary on one head's hd values; cos/sin [hd] at this row's position.
-void rope(float* x, const float* cos, const float* sin, int64_t hd) {
-  const int64_t half = hd / 2;
-  for (int64_t j = 0; j < half; ++j) {
-    const float a = x[j], b = x[j + half];
-    x[j] = a * cos[j] - b * sin[j];
-    x[j + half] = b * cos[j + half] + a * sin[j + half];
-  }
-}
-
 struct Dims {
   int64_t R, T, N, D, H, KV, hd;  // N = R * T positions, each one row of the projections
 };
@@ -231,7 +213,7 @@ void project_qkv(DecoderLayerImpl& layer, const float* x, const AttnInputs& in, 
   const int64_t kv_dim = d.KV * d.hd;
   float* xb = sized(buf.xb, d.N * d.D);
   const float* wn = layer.input_layernorm->weight.data_ptr<float>();
-  for (int64_t n = 0; n < d.N; ++n) rmsnorm(xb + n * d.D, x + n * d.D, wn, d.D, layer.input_layernorm->eps);
+  for (int64_t n = 0; n < d.N; ++n) rms_norm_row(xb + n * d.D, x + n * d.D, wn, d.D, layer.input_layernorm->eps);
   float* k = sized(buf.k, d.N * kv_dim);
   float* v = sized(buf.v, d.N * kv_dim);
   float* q = with_q ? sized(buf.q, d.N * d.H * d.hd) : nullptr;
@@ -250,11 +232,11 @@ void project_qkv(DecoderLayerImpl& layer, const float* x, const AttnInputs& in, 
     const float* c = cos.data_ptr<float>() + n * d.hd;
     const float* s = sin.data_ptr<float>() + n * d.hd;
     if (with_q)
-      for (int64_t h = 0; h < d.H; ++h) rope(q + (n * d.H + h) * d.hd, c, s, d.hd);
+      for (int64_t h = 0; h < d.H; ++h) rotate_half_row(q + (n * d.H + h) * d.hd, q + (n * d.H + h) * d.hd, c, s, d.hd);
     for (int64_t j = 0; j < d.KV; ++j) {
       float* kr = k + n * kv_dim + j * d.hd;
       const float* vr = v + n * kv_dim + j * d.hd;
-      rope(kr, c, s, d.hd);
+      rotate_half_row(kr, kr, c, s, d.hd);
       const int64_t at = ((r * d.KV + j) * cap + slot + t) * d.hd;
       std::copy(kr, kr + d.hd, kc + at);
       std::copy(vr, vr + d.hd, vc + at);
@@ -333,20 +315,6 @@ void attend(const AttnInputs& in, const KVCache& cache, int i, const Dims& d, St
 }
 }  // namespace
 
-bool fast_rmsnorm_applies(const Tensor& x, const Tensor& weight) {
-  return x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && weight.scalar_type() == torch::kFloat32 &&
-         !torch::GradMode::is_enabled() && x.numel() <= kMatvecRows * weight.numel();
-}
-
-Tensor fast_rmsnorm(const Tensor& x_in, const Tensor& weight, double eps) {
-  const Tensor x = x_in.contiguous(), w = weight.contiguous();
-  const int64_t D = w.numel(), rows = x.numel() / D;
-  Tensor out = torch::empty_like(x);
-  for (int64_t r = 0; r < rows; ++r)
-    rmsnorm(out.data_ptr<float>() + r * D, x.data_ptr<float>() + r * D, w.data_ptr<float>(), D, eps);
-  return out;
-}
-
 AttnInputs fast_rotary(const Tensor& positions, const Tensor& inv_freq) {
   const Tensor pos = positions.to(torch::kInt64).contiguous();  // [B,T]
   const int64_t B = pos.size(0), T = pos.size(1), half = inv_freq.numel(), hd = 2 * half;
@@ -417,12 +385,12 @@ Tensor fast_layer_step(DecoderLayerImpl& layer, const Tensor& x_in, const AttnIn
   // out = h + down_proj(silu(gate_proj(m)) * up_proj(m)), m = post_attention_layernorm(h)
   float* xb = sized(buf.xb, n);
   const float* wn = layer.post_attention_layernorm->weight.data_ptr<float>();
-  for (int64_t r = 0; r < d.N; ++r) rmsnorm(xb + r * d.D, h + r * d.D, wn, d.D, layer.post_attention_layernorm->eps);
+  for (int64_t r = 0; r < d.N; ++r) rms_norm_row(xb + r * d.D, h + r * d.D, wn, d.D, layer.post_attention_layernorm->eps);
   float* g = sized(buf.gate, d.N * I);
   float* u = sized(buf.up, d.N * I);
   project(g, xb, d.N, layer.mlp->gate_proj->weight);
   project(u, xb, d.N, layer.mlp->up_proj->weight);
-  for (int64_t e = 0; e < d.N * I; ++e) g[e] = g[e] / (1.0f + std::exp(-g[e])) * u[e];
+  for (int64_t e = 0; e < d.N * I; ++e) g[e] = g[e] * sigmoid(g[e]) * u[e];
   project(proj, g, d.N, layer.mlp->down_proj->weight);
   for (int64_t e = 0; e < n; ++e) h[e] += proj[e];
   return out;

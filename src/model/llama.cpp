@@ -5,6 +5,7 @@
 #include <cstdlib>
 
 #include "sortedllama/model/fast_step.h"
+#include "sortedllama/model/fused_ops.h"
 #include "sortedllama/model/softmax_rows.h"
 
 namespace sl {
@@ -29,7 +30,7 @@ Tensor linear_map(const Tensor& x, const Tensor& w) {
 }
 
 Tensor RMSNormImpl::forward(const Tensor& x) {
-  if (fast_rmsnorm_applies(x, weight)) return fast_rmsnorm(x, weight, eps);
+  if (fused_ops_apply(x) && fused_ops_apply(weight)) return fused_rms_norm(x, weight, eps);
   Tensor h = x.to(torch::kFloat32);
   h = h * torch::rsqrt(h.pow(2).mean(-1, /*keepdim=*/true) + eps);
   return weight * h.to(x.scalar_type());
@@ -60,8 +61,10 @@ Tensor rotate_half(const Tensor& x) {
   auto halves = x.chunk(2, -1);
   return torch::cat({-halves[1], halves[0]}, -1);
 }
-Tensor apply_rope(const Tensor& x, const AttnInputs& in) {  // x [B,heads,T,hd]
-  return x * in.cos + rotate_half(x) * in.sin;
+Tensor apply_rope(const Tensor& x, const AttnInputs& in) {  // x [B,T,heads,hd]
+  if (fused_ops_apply(x)) return fused_rotary(x, in.cos, in.sin);
+  const Tensor cos = in.cos.transpose(1, 2), sin = in.sin.transpose(1, 2);  // [B,T,1,hd]
+  return x * cos + rotate_half(x) * sin;
 }
 }  // namespace
 
@@ -124,40 +127,49 @@ void store_kv(const Tensor& k, const Tensor& v, KVCache& cache, int layer) {
   cache.v[layer].narrow(2, start, T).copy_(v);
   cache.len[layer] = start + T;
 }
+
+// The attention core in tensor ops, where fused_attention does not apply (bf16, CUDA):
+// q [B,H,T,hd], k, v [B,KV,S,hd], mask [B,1,T,S] -> [B,T,H*hd].
+Tensor attention_ops(const Tensor& q, Tensor k, Tensor v, const Tensor& mask) {
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), hd = q.size(3), KV = k.size(1), S = k.size(2);
+  if (H > KV) {  // GQA: KV head j serves query heads j*rep .. j*rep+rep-1
+    k = k.unsqueeze(2).expand({B, KV, H / KV, S, hd}).reshape({B, H, S, hd});
+    v = v.unsqueeze(2).expand({B, KV, H / KV, S, hd}).reshape({B, H, S, hd});
+  }
+  Tensor out;  // [B,H,T,hd]
+#if TORCH_VERSION_MAJOR >= 2
+  out = at::scaled_dot_product_attention(q, k, v, mask.defined() ? c10::optional<Tensor>(mask) : c10::nullopt);
+#else
+  Tensor scores = torch::matmul(q, k.transpose(-2, -1)).to(torch::kFloat32);  // [B,H,T,S]
+  out = torch::matmul(attention_weights(scores, mask, hd).to(v.scalar_type()), v);
+#endif
+  return out.transpose(1, 2).reshape({B, T, H * hd});
+}
 }  // namespace
 
 void AttentionImpl::append_kv(const Tensor& x, const AttnInputs& in, KVCache& cache, int layer) {
   const int64_t B = x.size(0), T = x.size(1);
-  Tensor k = k_proj(x).view({B, T, n_kv_heads, head_dim}).transpose(1, 2);  // [B,KV,T,hd]
-  Tensor v = v_proj(x).view({B, T, n_kv_heads, head_dim}).transpose(1, 2);  // [B,KV,T,hd]
-  store_kv(apply_rope(k, in), v, cache, layer);
+  Tensor k = apply_rope(k_proj(x).view({B, T, n_kv_heads, head_dim}), in).transpose(1, 2);  // [B,KV,T,hd]
+  Tensor v = v_proj(x).view({B, T, n_kv_heads, head_dim}).transpose(1, 2);                   // [B,KV,T,hd]
+  store_kv(k, v, cache, layer);
 }
 
 Tensor AttentionImpl::forward(const Tensor& x, const AttnInputs& in, KVCache* cache, int layer) {
   const int64_t B = x.size(0), T = x.size(1);
-  Tensor q = q_proj(x).view({B, T, n_heads, head_dim}).transpose(1, 2);     // [B,H,T,hd]
-  Tensor k = k_proj(x).view({B, T, n_kv_heads, head_dim}).transpose(1, 2);  // [B,KV,T,hd]
-  Tensor v = v_proj(x).view({B, T, n_kv_heads, head_dim}).transpose(1, 2);  // [B,KV,T,hd]
-  q = apply_rope(q, in);
-  k = apply_rope(k, in);
+  Tensor q = apply_rope(q_proj(x).view({B, T, n_heads, head_dim}), in).transpose(1, 2);     // [B,H,T,hd]
+  Tensor k = apply_rope(k_proj(x).view({B, T, n_kv_heads, head_dim}), in).transpose(1, 2);  // [B,KV,T,hd]
+  Tensor v = v_proj(x).view({B, T, n_kv_heads, head_dim}).transpose(1, 2);                   // [B,KV,T,hd]
   if (cache) {
     store_kv(k, v, *cache, layer);
     k = cache->k[layer].narrow(2, 0, cache->len[layer]);  // [B,KV,S,hd]
     v = cache->v[layer].narrow(2, 0, cache->len[layer]);
   }
-  const int64_t S = k.size(2), rep = n_heads / n_kv_heads;
-  if (rep > 1) {  // GQA: KV head j serves query heads j*rep .. j*rep+rep-1
-    k = k.unsqueeze(2).expand({B, n_kv_heads, rep, S, head_dim}).reshape({B, n_heads, S, head_dim});
-    v = v.unsqueeze(2).expand({B, n_kv_heads, rep, S, head_dim}).reshape({B, n_heads, S, head_dim});
-  }
-  Tensor out;  // [B,H,T,hd]
-#if TORCH_VERSION_MAJOR >= 2
-  out = at::scaled_dot_product_attention(q, k, v, in.mask.defined() ? c10::optional<Tensor>(in.mask) : c10::nullopt);
-#else
-  Tensor scores = torch::matmul(q, k.transpose(-2, -1)).to(torch::kFloat32);  // [B,H,T,S]
-  out = torch::matmul(attention_weights(scores, in.mask, head_dim).to(v.scalar_type()), v);
-#endif
-  return o_proj(out.transpose(1, 2).reshape({B, T, n_heads * head_dim}));
+  return o_proj(fused_ops_apply(q) ? fused_attention(q, k, v, in.mask) : attention_ops(q, k, v, in.mask));
+}
+
+Tensor MLPImpl::forward(const Tensor& x) {
+  const Tensor g = gate_proj(x), u = up_proj(x);  // [...,I]
+  return down_proj(fused_ops_apply(g) ? fused_swiglu(g, u) : torch::silu(g) * u);
 }
 
 MLPImpl::MLPImpl(int64_t dim, int64_t hidden) {

@@ -12,36 +12,6 @@
 namespace sl {
 
 namespace {
-typedef float Vec16 __attribute__((vector_size(64)));  // one AVX-512 register (two or four narrower ones)
-constexpr int64_t kLanes = 16;
-
-// The largest and the sum of n floats through 16 partial lanes, so that they vectorise. Always
-// inlined: each CPU version of a caller gets its own.
-__attribute__((always_inline)) inline float max_of(const float* x, int64_t n) {
-  Vec16 top = -std::numeric_limits<float>::infinity() - Vec16{}, v;
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    std::memcpy(&v, x + i, sizeof v);
-    top = v > top ? v : top;
-  }
-  float mx = top[0];
-  for (int64_t k = 1; k < kLanes; ++k) mx = std::max(mx, top[k]);
-  for (; i < n; ++i) mx = std::max(mx, x[i]);
-  return mx;
-}
-__attribute__((always_inline)) inline float sum_of(const float* x, int64_t n) {
-  Vec16 acc{}, v;
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    std::memcpy(&v, x + i, sizeof v);
-    acc += v;
-  }
-  float sum = 0;
-  for (int64_t k = 0; k < kLanes; ++k) sum += acc[k];
-  for (; i < n; ++i) sum += x[i];
-  return sum;
-}
-
 // One row of logits: its maximum; exp(l - max) in place, summed a block at a time into a double;
 // then, when asked, the gradient in place. The row (V floats) stays in cache from one loop to the next.
 constexpr int64_t kBlock = 1024;

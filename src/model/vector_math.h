@@ -1,10 +1,12 @@
-// Pieces the model's plain CPU loops share (fast_step.cpp, softmax_rows.cpp): the CPU versions of
-// a hot loop, and an e^x that vectorises.
+// Pieces the model's plain CPU loops share (fast_step, softmax_rows, attention_cpu): the CPU versions of
+// a hot loop, an e^x that vectorises, lane-split sums, and the rows of
+// RMSNorm, rotary and SwiGLU.
 #pragma once
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 // CPU-specific versions of the hot loops where the compiler can make them (GCC/Clang on x86-64), chosen
 // once, at load time. x86-64-v4 (AVX-512 with VL) gives 256-bit code 32 vector registers instead of 16.
@@ -32,6 +34,61 @@ inline float exp_nonpositive(float x) {
   float two_n;
   std::memcpy(&two_n, &bits, sizeof two_n);
   return (p * r * r + r + 1.0f) * two_n;
+}
+
+// The largest and the sum of n floats through 16 partial lanes, so that they vectorise. Always
+// inlined: each CPU version of a caller gets its own.
+typedef float Lanes16 __attribute__((vector_size(64)));  // one AVX-512 register (two or four narrower ones)
+__attribute__((always_inline)) inline float max_of(const float* x, int64_t n) {
+  Lanes16 top = -std::numeric_limits<float>::infinity() - Lanes16{}, v;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    std::memcpy(&v, x + i, sizeof v);
+    top = v > top ? v : top;
+  }
+  float mx = top[0];
+  for (int k = 1; k < 16; ++k) mx = std::max(mx, top[k]);
+  for (; i < n; ++i) mx = std::max(mx, x[i]);
+  return mx;
+}
+__attribute__((always_inline)) inline float sum_of(const float* x, int64_t n) {
+  Lanes16 acc{}, v;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    std::memcpy(&v, x + i, sizeof v);
+    acc += v;
+  }
+  float sum = 0;
+  for (int k = 0; k < 16; ++k) sum += acc[k];
+  for (; i < n; ++i) sum += x[i];
+  return sum;
+}
+
+// One row of RMSNormImpl::forward: out = w * (x * rsqrt(mean(x^2) + eps)) over D values, the sum of
+// squares in double. Returns the rsqrt.
+inline float rms_norm_row(float* out, const float* x, const float* w, int64_t D, double eps) {
+  double ss = 0;
+  for (int64_t d = 0; d < D; ++d) ss += (double)x[d] * x[d];
+  const float inv = (float)(1.0 / std::sqrt(ss / (double)D + eps));
+  for (int64_t d = 0; d < D; ++d) out[d] = w[d] * (x[d] * inv);
+  return inv;
+}
+
+// HF's rotate-half rotary on one head's hd values: y = x * cos + rotate_half(x) * sin, where
+// rotate_half(x) = [-x[half:], x[:half]]; cos/sin [hd] at the row's position. y may be x.
+inline void rotate_half_row(float* y, const float* x, const float* cos, const float* sin, int64_t hd) {
+  const int64_t half = hd / 2;
+  for (int64_t j = 0; j < half; ++j) {
+    const float a = x[j], b = x[j + half];
+    y[j] = a * cos[j] - b * sin[j];
+    y[j + half] = b * cos[j + half] + a * sin[j + half];
+  }
+}
+
+// SwiGLU's silu(g) * u = g * sigmoid(g) * u, the sigmoid from e^-|g| so that it vectorises.
+inline float sigmoid(float g) {
+  const float e = exp_nonpositive(-std::abs(g)), r = 1.0f / (1.0f + e);
+  return g >= 0 ? r : e * r;
 }
 
 }  // namespace sl

@@ -259,18 +259,6 @@ TEST(FastStep, AttentionInputsEqualTheTensorOnes) {
   }
 }
 
-TEST(FastStep, RmsNormOfAFewRowsEqualsTheTensorOne) {
-  sl::RMSNorm norm(24, 1e-5);
-  torch::manual_seed(2);
-  norm->weight.data().uniform_(0.5, 1.5);
-  const Tensor x = torch::randn({3, 2, 24}) * 4;
-  const Tensor general = norm->forward(x).detach();  // autograd on: the tensor ops
-  torch::NoGradGuard g;
-  ASSERT_TRUE(sl::fast_rmsnorm_applies(x, norm->weight));
-  EXPECT_LT(sl_test::max_abs_diff(norm->forward(x), general), 1e-6);
-  EXPECT_FALSE(sl::fast_rmsnorm_applies(torch::zeros({sl::kMatvecRows + 1, 24}), norm->weight));
-}
-
 TEST(FastStep, KvOnlyStepEqualsTheGeneralAppend) {
   sl::Llama m = sl::load_model(sl_test::source_dir() + "/tests/data/ref_gqa");
   torch::NoGradGuard g;

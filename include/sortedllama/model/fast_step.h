@@ -33,10 +33,6 @@ void matvec(float* y, const float* W, const float* x, int64_t R, int64_t rows, i
 // Up to this many rows matvec beats a GEMM (which is compute-bound beyond it).
 constexpr int64_t kMatvecRows = 32;
 
-// RMSNormImpl::forward for a few fp32 CPU rows without autograd (a decoding step's final norm).
-bool fast_rmsnorm_applies(const torch::Tensor& x, const torch::Tensor& weight);
-torch::Tensor fast_rmsnorm(const torch::Tensor& x, const torch::Tensor& weight, double eps);  // [...,D]
-
 // LlamaImpl::attn_inputs for a few positions on the CPU (T = 1 or B * T <= kMatvecRows), in plain
 // loops instead of a few dozen tensor ops per decoding step; inv_freq [hd/2] fp32.
 AttnInputs fast_attn_inputs(const torch::Tensor& key_mask, int64_t B, int64_t q_start, int64_t T,

@@ -72,7 +72,7 @@ TORCH_MODULE(Attention);
 
 struct MLPImpl : torch::nn::Module {
   MLPImpl(int64_t dim, int64_t hidden);
-  torch::Tensor forward(const torch::Tensor& x) { return down_proj(torch::silu(gate_proj(x)) * up_proj(x)); }
+  torch::Tensor forward(const torch::Tensor& x);  // down_proj(silu(gate_proj(x)) * up_proj(x))
   Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 };
 TORCH_MODULE(MLP);
