@@ -31,27 +31,34 @@ void for_rows(int64_t rows, int64_t width, const F& f) {
 }
 
 // ---------------------------------------------------------------- RMSNorm
+SL_CPU_CLONES void rms_norm_rows(float* y, const float* x, const float* w, int64_t rows, int64_t D, double eps) {
+  for (int64_t r = 0; r < rows; ++r) rms_norm_row(y + r * D, x + r * D, w, D, eps);
+}
+
 Tensor rms_norm_forward(const Tensor& x, const Tensor& w, double eps) {  // x contiguous [..., D]
   const int64_t D = w.numel(), rows = x.numel() / D;
   Tensor y = torch::empty_like(x);
   const float *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  for_rows(rows, D, [&](int64_t r) { rms_norm_row(yp + r * D, xp + r * D, wp, D, eps); });
+  const int64_t grain = std::max<int64_t>(1, 16384 / D);
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    rms_norm_rows(yp + begin * D, xp + begin * D, wp, end - begin, D, eps);
+  });
   return y;
 }
 
-// dx for one row, and its share of dw added to dw_sum (double).
-void rms_norm_backward_row(float* dx, double* dw_sum, const float* dy, const float* x, const float* w, int64_t D,
-                           double eps) {
-  double ss = 0, dot = 0;
-  for (int64_t d = 0; d < D; ++d) ss += (double)x[d] * x[d];
-  const float inv = (float)(1.0 / std::sqrt(ss / (double)D + eps));  // as the forward pass computed it
-  for (int64_t d = 0; d < D; ++d) dot += (double)(w[d] * dy[d]) * x[d];
-  // y = w x inv and d(inv)/dx = -inv^3 x / D, so dx = w dy inv - x inv^3 sum(w dy x) / D.
-  const float c = (float)(dot * inv * inv * inv / (double)D);
-  for (int64_t d = 0; d < D; ++d) {
-    dx[d] = w[d] * dy[d] * inv - x[d] * c;
-    dw_sum[d] += (double)dy[d] * (x[d] * inv);
+// dx for rows of x, and their share of dw added to dw_sum (double).
+SL_CPU_CLONES void rms_norm_backward_rows(float* dx, double* dw_sum, const float* dy, const float* x, const float* w,
+                                         int64_t rows, int64_t D, double eps) {
+  for (int64_t r = 0; r < rows; ++r, dx += D, dy += D, x += D) {
+    const float inv = (float)(1.0 / std::sqrt(dot_in_double(x, x, D) / (double)D + eps));  // as the forward pass
+    for (int64_t d = 0; d < D; ++d) dx[d] = w[d] * dy[d];
+    // y = w x inv and d(inv)/dx = -inv^3 x / D, so dx = w dy inv - x inv^3 sum(w dy x) / D.
+    const float c = (float)(dot_in_double(dx, x, D) * inv * inv * inv / (double)D);
+    for (int64_t d = 0; d < D; ++d) {
+      dw_sum[d] += (double)dy[d] * (x[d] * inv);
+      dx[d] = dx[d] * inv - x[d] * c;
+    }
   }
 }
 
@@ -74,9 +81,10 @@ struct RmsNormFn : torch::autograd::Function<RmsNormFn> {
     const float *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>(), *gp = dy.data_ptr<float>();
     float* dxp = dx.data_ptr<float>();
     at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t blk = begin; blk < end; ++blk)
-        for (int64_t r = blk * kBlock; r < std::min(rows, (blk + 1) * kBlock); ++r)
-          rms_norm_backward_row(dxp + r * D, partial.data() + blk * D, gp + r * D, xp + r * D, wp, D, eps);
+      for (int64_t blk = begin; blk < end; ++blk) {
+        const int64_t r = blk * kBlock, n = std::min(rows, r + kBlock) - r;
+        rms_norm_backward_rows(dxp + r * D, partial.data() + blk * D, gp + r * D, xp + r * D, wp, n, D, eps);
+      }
     });
     Tensor dw = torch::empty_like(w);
     float* dwp = dw.data_ptr<float>();
@@ -90,28 +98,32 @@ struct RmsNormFn : torch::autograd::Function<RmsNormFn> {
 };
 
 // ---------------------------------------------------------------- rotary
-// y = rotary(x) (or, inverse, its transpose: the gradient) for x [B,T,heads,hd] contiguous and
-// cos/sin [B,T,hd] contiguous.
+// One position's heads [heads, hd]: y = rotary(x), or (inverse) its transpose, the gradient.
+SL_CPU_CLONES void rotary_heads(float* y, const float* x, const float* c, const float* s, int64_t heads, int64_t hd,
+                                bool inverse) {
+  const int64_t half = hd / 2;
+  for (int64_t h = 0; h < heads; ++h, x += hd, y += hd) {
+    if (!inverse) {
+      rotate_half_row(y, x, c, s, hd);
+      continue;
+    }
+    // y[j] = x[j] c[j] - x[j+half] s[j] and y[j+half] = x[j+half] c[j+half] + x[j] s[j+half], transposed
+#pragma GCC ivdep
+    for (int64_t j = 0; j < half; ++j) {
+      y[j] = x[j] * c[j] + x[j + half] * s[j + half];
+      y[j + half] = x[j + half] * c[j + half] - x[j] * s[j];
+    }
+  }
+}
+
+// rotary_heads at every position of x [B,T,heads,hd] contiguous, cos/sin [B,T,hd] contiguous.
 Tensor rotary_rows(const Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse) {
-  const int64_t heads = x.size(2), hd = x.size(3), half = hd / 2, rows = x.size(0) * x.size(1);
+  const int64_t heads = x.size(2), hd = x.size(3), rows = x.size(0) * x.size(1), width = heads * hd;
   Tensor y = torch::empty_like(x);
   const float *xp = x.data_ptr<float>(), *cp = cos.data_ptr<float>(), *sp = sin.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  for_rows(rows, heads * hd, [&](int64_t n) {
-    const float *c = cp + n * hd, *s = sp + n * hd;
-    for (int64_t h = 0; h < heads; ++h) {
-      const float* a = xp + (n * heads + h) * hd;
-      float* b = yp + (n * heads + h) * hd;
-      if (!inverse) {
-        rotate_half_row(b, a, c, s, hd);
-        continue;
-      }
-      // y[j] = x[j] c[j] - x[j+half] s[j] and y[j+half] = x[j+half] c[j+half] + x[j] s[j+half], transposed
-      for (int64_t j = 0; j < half; ++j) {
-        b[j] = a[j] * c[j] + a[j + half] * s[j + half];
-        b[j + half] = a[j + half] * c[j + half] - a[j] * s[j];
-      }
-    }
+  for_rows(rows, width, [&](int64_t n) {
+    rotary_heads(yp + n * width, xp + n * width, cp + n * hd, sp + n * hd, heads, hd, inverse);
   });
   return y;
 }

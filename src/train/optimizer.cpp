@@ -13,9 +13,6 @@ using torch::Tensor;
 namespace {
 constexpr int64_t kBucketElems = 16 << 20;  // 64 MiB of fp32 per broadcast
 
-// AdamW's per-parameter state is keyed by the tensor's TensorImpl address in libtorch.
-std::string state_key(const Tensor& t) { return c10::guts::to_string(t.unsafeGetTensorImpl()); }
-
 // Consecutive runs of `idx` of one owner holding at most `cap` elements (at least one slot each).
 template <class Slots>
 std::vector<std::vector<size_t>> buckets(const Slots& slots, const std::vector<size_t>& idx, int64_t cap = kBucketElems) {
@@ -60,7 +57,7 @@ struct ReadyHook : torch::autograd::FunctionPostHook {
 
 DistAdamW::DistAdamW(std::vector<std::pair<std::string, Tensor>> params, const AdamWConfig& cfg, Dist& dist,
                      bool shard, double bucket_mb)
-    : dist_(dist), shard_(shard && dist.world() > 1) {
+    : cfg_(cfg), dist_(dist), shard_(shard && dist.world() > 1) {
   // Owners: largest tensors first, each to the rank holding the fewest elements so far.
   std::vector<size_t> order(params.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
@@ -77,17 +74,11 @@ DistAdamW::DistAdamW(std::vector<std::pair<std::string, Tensor>> params, const A
       load[s.owner] += s.param.numel();
     }
   }
-  std::vector<Tensor> decay, no_decay;
   for (Slot& s : slots_) {
     if (!owns(s)) continue;
     s.master = s.param.scalar_type() == torch::kFloat32 ? s.param : s.param.detach().to(torch::kFloat32);
-    (s.param.dim() >= 2 ? decay : no_decay).push_back(s.master);
+    s.weight_decay = s.param.dim() >= 2 ? cfg.weight_decay : 0.0;
   }
-  auto opts = torch::optim::AdamWOptions(1e-3).betas({cfg.beta1, cfg.beta2}).eps(cfg.eps).weight_decay(cfg.weight_decay);
-  std::vector<torch::optim::OptimizerParamGroup> groups;
-  groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(opts));
-  groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(opts).weight_decay(0.0)));
-  opt_ = std::make_unique<torch::optim::AdamW>(std::move(groups), opts);
   // Parameters that compute in bf16 collect their gradients in fp32: before autograd accumulates a
   // backward pass's gradient (each loss chunk of each exit, each micro-batch), the .grad it adds into
   // becomes an fp32 tensor, so hundreds of contributions are summed without a bf16 rounding each.
@@ -235,25 +226,27 @@ double DistAdamW::step(double lr, double clip) {
 
 double DistAdamW::reduce_and_clip(double clip) {
   reduce_gradients();
-  std::vector<Tensor> grads;
-  for (Slot& s : slots_)
-    if (owns(s) && s.master.grad().defined()) grads.push_back(s.master.grad());
   Tensor sq = torch::zeros({1}, torch::kFloat64);
-  for (const Tensor& g : grads) sq += g.pow(2).sum().to(torch::kCPU, torch::kFloat64);
+  for (Slot& s : slots_)
+    if (owns(s) && s.master.grad().defined()) sq += sum_of_squares(s.master.grad());
   if (shard_) dist_.all_reduce_sum(sq);
   const double norm = std::sqrt(sq.item<double>());
-  if (clip > 0 && clip / (norm + 1e-6) < 1.0)  // torch.nn.utils.clip_grad_norm_'s rule
-    for (Tensor& g : grads) g.mul_(clip / (norm + 1e-6));
+  // torch.nn.utils.clip_grad_norm_'s rule; the update applies the factor as it reads each gradient.
+  grad_scale_ = clip > 0 && clip / (norm + 1e-6) < 1.0 ? clip / (norm + 1e-6) : 1.0;
   return norm;
 }
 
 void DistAdamW::apply(double lr) {
-  for (auto& g : opt_->param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
-  opt_->step();
-  {
-    torch::NoGradGuard no_grad;
-    for (Slot& s : slots_)
-      if (owns(s) && !s.master.is_same(s.param)) s.param.copy_(s.master);
+  torch::NoGradGuard no_grad;
+  for (Slot& s : slots_) {
+    if (!owns(s) || !s.master.grad().defined()) continue;  // no backward pass reached it: left alone
+    if (!s.exp_avg.defined()) {
+      s.exp_avg = torch::zeros_like(s.master);
+      s.exp_avg_sq = torch::zeros_like(s.master);
+    }
+    adamw_update(s.master, s.master.grad(), s.exp_avg, s.exp_avg_sq,
+                 AdamWStep::of(cfg_, lr, s.weight_decay, ++s.steps, grad_scale_));
+    if (!s.master.is_same(s.param)) s.param.copy_(s.master);
   }
   if (shard_) broadcast_parameters();
 }
@@ -270,17 +263,12 @@ OptimizerState DistAdamW::gather_state() {
   const bool lead = dist_.rank() == 0;
   for (Slot& s : slots_) {
     const bool mine = owns(s);
-    torch::optim::AdamWParamState* st = nullptr;
-    if (mine) {
-      auto it = opt_->state().find(state_key(s.master));
-      if (it != opt_->state().end()) st = static_cast<torch::optim::AdamWParamState*>(it->second.get());
-    }
     // Step count first: a parameter without state (never stepped) is skipped on every rank alike.
-    Tensor steps = torch::tensor({mine && st ? (double)st->step() : 0.0}, torch::kFloat64);
+    Tensor steps = torch::tensor({mine ? (double)s.steps : 0.0}, torch::kFloat64);
     if (shard_) dist_.all_reduce_sum(steps);  // only the owner contributes a non-zero count
     const int64_t n = (int64_t)steps.item<double>();
-    std::vector<std::pair<std::string, Tensor>> parts = {{".exp_avg", mine && st ? st->exp_avg() : Tensor()},
-                                                         {".exp_avg_sq", mine && st ? st->exp_avg_sq() : Tensor()}};
+    std::vector<std::pair<std::string, Tensor>> parts = {{".exp_avg", mine ? s.exp_avg : Tensor()},
+                                                         {".exp_avg_sq", mine ? s.exp_avg_sq : Tensor()}};
     if (s.param.scalar_type() != torch::kFloat32) parts.emplace_back(".master", mine ? s.master : Tensor());
     for (auto& [suffix, t] : parts) {
       if (n == 0 && suffix != ".master") continue;
@@ -310,13 +298,11 @@ void DistAdamW::load_state(const std::function<Tensor(const std::string&)>& look
       if (m.defined()) s.master.copy_(m);  // exact fp32 weights behind a bf16 model
     }
     if (!steps.contains(s.name)) continue;
-    auto st = std::make_unique<torch::optim::AdamWParamState>();
-    st->step(steps[s.name].get<int64_t>());
     Tensor m = fetch(s.name + ".exp_avg"), v = fetch(s.name + ".exp_avg_sq");
     if (!m.defined() || !v.defined()) throw std::runtime_error(source + ": moments of " + s.name + " are missing");
-    st->exp_avg(m.clone());
-    st->exp_avg_sq(v.clone());
-    opt_->state()[state_key(s.master)] = std::move(st);
+    s.steps = steps[s.name].get<int64_t>();
+    s.exp_avg = m.clone();
+    s.exp_avg_sq = v.clone();
   }
 }
 

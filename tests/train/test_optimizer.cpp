@@ -113,3 +113,21 @@ TEST(Optimizer, MalformedRankEnvironmentIsNamed) {
   unsetenv("RANK");
   EXPECT_EQ(sl::DistEnv::from_environment().world, 1);
 }
+
+TEST(Optimizer, FusedUpdateEqualsTheTensorOpsAndSumsSquaresInDouble) {
+  torch::manual_seed(9);
+  const sl::AdamWConfig cfg{0.9, 0.95, 1e-8, 0.1};
+  // More elements than one task's chunk; the transposed copies take the tensor ops.
+  Tensor p = torch::randn({300, 70}), g = torch::randn({300, 70}) * 3, m = torch::randn({300, 70}) * 0.1;
+  Tensor v = torch::rand({300, 70}) * 0.01;
+  Tensor pt = p.t().contiguous().t(), mt = m.t().contiguous().t(), vt = v.t().contiguous().t();
+  ASSERT_FALSE(pt.is_contiguous());
+  const sl::AdamWStep a = sl::AdamWStep::of(cfg, 1e-2, cfg.weight_decay, 3, 0.5);
+  sl::adamw_update(p, g, m, v, a);
+  sl::adamw_update(pt, g, mt, vt, a);
+  EXPECT_TRUE(torch::allclose(p, pt, 1e-6, 1e-6));
+  EXPECT_TRUE(torch::allclose(m, mt, 1e-6, 1e-6));
+  EXPECT_TRUE(torch::allclose(v, vt, 1e-6, 1e-6));
+  EXPECT_NEAR(sl::sum_of_squares(g).item<double>(), g.to(torch::kFloat64).pow(2).sum().item<double>(), 1e-9 * 3e5);
+  EXPECT_NEAR(sl::sum_of_squares(g.t()).item<double>(), g.to(torch::kFloat64).pow(2).sum().item<double>(), 1e-9 * 3e5);
+}

@@ -10,9 +10,10 @@
 //      are partitioned whole, balanced by size: Gloo has no reduce-scatter, so this is the
 //      reduce-scatter of a parameter partition);
 //   2. clips by the global gradient norm;
-//   3. runs torch::optim::AdamW on the owned parameters' fp32 master copies (the parameters
-//      themselves when they are fp32; a separate fp32 copy when the model computes in bf16, whose
-//      gradients autograd accumulates in fp32); a parameter no backward pass reached is left alone;
+//   3. runs AdamW (libtorch's formula, one pass per parameter: see adamw_update) on the owned
+//      parameters' fp32 master copies (the parameters themselves when they are fp32; a separate
+//      fp32 copy when the model computes in bf16, whose gradients autograd accumulates in fp32); a
+//      parameter no backward pass reached is left alone;
 //   4. broadcasts each updated parameter from its owner (the matching all-gather).
 // Per-rank memory, Ψ parameters, N ranks, bf16 model: 2Ψ weights + 4Ψ fp32 gradients + 12Ψ/N for fp32
 // master weights and the two moments (fp32 model: 4Ψ + 4Ψ + 8Ψ/N).
@@ -34,6 +35,26 @@ namespace sl {
 struct AdamWConfig {
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0;  // decay applies to matrices only
 };
+
+// One AdamW step's scalars for one parameter.
+struct AdamWStep {
+  float beta1, one_minus_beta1, beta2, one_minus_beta2, eps;
+  float decay;       // 1 - lr * weight_decay
+  float step_size;   // lr / (1 - beta1^step)
+  float sqrt_bc2;    // sqrt(1 - beta2^step)
+  float grad_scale;  // gradient clipping's factor
+  static AdamWStep of(const AdamWConfig& c, double lr, double weight_decay, int64_t step, double grad_scale);
+};
+
+// libtorch's AdamW update (as torch::optim::AdamW computes it) of p with gradient grad_scale * g:
+//   p *= decay; m = beta1 m + (1 - beta1) g; v = beta2 v + (1 - beta2) g^2;
+//   p -= step_size * m / (sqrt(v) / sqrt_bc2 + eps)
+// in one pass over fp32 CPU tensors (tensor ops elsewhere), where libtorch streams each tensor
+// through about ten ops and a temporary.
+void adamw_update(torch::Tensor& p, const torch::Tensor& g, torch::Tensor& m, torch::Tensor& v, const AdamWStep& a);
+
+// sum(g^2) in float64, as a [1] CPU tensor: one pass without a temporary on the CPU.
+torch::Tensor sum_of_squares(const torch::Tensor& g);
 
 // The full optimizer state, gathered on rank 0: "<param>.exp_avg", "<param>.exp_avg_sq" and, for
 // non-fp32 parameters, "<param>.master" (fp32 CPU tensors), plus each parameter's step count.
@@ -76,6 +97,9 @@ class DistAdamW {
     std::string name;
     torch::Tensor param;   // the model's tensor (any dtype)
     torch::Tensor master;  // fp32 copy updated by AdamW (== param when param is fp32); undefined if not owned
+    torch::Tensor exp_avg, exp_avg_sq;  // AdamW's moments, fp32 like master; undefined before the first step
+    int64_t steps = 0;                  // AdamW steps taken
+    double weight_decay = 0;            // the config's for matrices, 0 for vectors (norms)
     int owner = -1;        // owning rank; -1 = every rank (not sharded)
   };
   struct Bucket {
@@ -93,9 +117,10 @@ class DistAdamW {
   void broadcast_parameters();
 
   std::vector<Slot> slots_;
+  AdamWConfig cfg_;
   Dist& dist_;
   bool shard_;
-  std::unique_ptr<torch::optim::AdamW> opt_;
+  double grad_scale_ = 1.0;  // reduce_and_clip's clipping factor, applied as apply() reads the gradients
   std::vector<Bucket> buckets_;  // in launch order, the same on every rank
   std::vector<size_t> bucket_of_;
   std::vector<bool> slot_ready_;
