@@ -245,14 +245,24 @@ struct AttentionFn : torch::autograd::Function<AttentionFn> {
 };
 }  // namespace
 
-bool fused_ops_apply(const Tensor& x) { return x.device().is_cpu() && x.scalar_type() == torch::kFloat32; }
+bool fused_ops_apply(const Tensor& x) {
+  return x.device().is_cpu() && (x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kBFloat16);
+}
+
+namespace {
+// bf16 tensors computed in fp32 and rounded back: autograd carries the conversions' gradients.
+bool narrow(const Tensor& x) { return x.scalar_type() != torch::kFloat32; }
+Tensor fp32(const Tensor& x) { return x.to(torch::kFloat32); }
+}  // namespace
 
 Tensor fused_rms_norm(const Tensor& x_in, const Tensor& weight, double eps) {
+  if (narrow(x_in) || narrow(weight)) return fused_rms_norm(fp32(x_in), fp32(weight), eps).to(x_in.scalar_type());
   const Tensor x = x_in.contiguous(), w = weight.contiguous();
   return needs_grad({x, w}) ? RmsNormFn::apply(x, w, eps) : rms_norm_forward(x, w, eps);
 }
 
 Tensor fused_rotary(const Tensor& x_in, const Tensor& cos_in, const Tensor& sin_in) {
+  if (narrow(x_in)) return fused_rotary(fp32(x_in), fp32(cos_in), fp32(sin_in)).to(x_in.scalar_type());
   const Tensor x = x_in.contiguous();
   const int64_t B = x.size(0), T = x.size(1), hd = x.size(3);
   TORCH_CHECK(hd % 2 == 0, "rotary needs an even head dim, got ", hd);
@@ -261,12 +271,14 @@ Tensor fused_rotary(const Tensor& x_in, const Tensor& cos_in, const Tensor& sin_
 }
 
 Tensor fused_swiglu(const Tensor& gate, const Tensor& up) {
+  if (narrow(gate)) return fused_swiglu(fp32(gate), fp32(up)).to(gate.scalar_type());
   const Tensor g = gate.contiguous(), u = up.contiguous();
   TORCH_CHECK(g.sizes() == u.sizes(), "swiglu: gate ", g.sizes(), " and up ", u.sizes(), " differ");
   return needs_grad({g, u}) ? SwigluFn::apply(g, u) : swiglu_forward(g, u);
 }
 
 Tensor fused_attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const Tensor& mask) {
+  if (narrow(q_in)) return fused_attention(fp32(q_in), fp32(k_in), fp32(v_in), mask).to(q_in.scalar_type());
   const Tensor q = heads_layout(q_in), k = heads_layout(k_in), v = heads_layout(v_in);
   TORCH_CHECK(v.sizes() == k.sizes(), "attention: k ", k.sizes(), " and v ", v.sizes(), " differ");
   if (needs_grad({q, k, v})) return AttentionFn::apply(q, k, v, mask.defined() ? c10::optional<Tensor>(mask) : c10::nullopt);

@@ -6,7 +6,6 @@
 
 #include "sortedllama/model/fast_step.h"
 #include "sortedllama/model/fused_ops.h"
-#include "sortedllama/model/softmax_rows.h"
 
 namespace sl {
 
@@ -78,42 +77,10 @@ AttentionImpl::AttentionImpl(const ModelConfig& c)
 
 namespace {
 #if TORCH_VERSION_MAJOR < 2  // libtorch 2 has scaled_dot_product_attention
-// softmax(scores / divisor) over the keys mask [B,1,T,S] shows (undefined: all) for fp32 CPU scores
-// [B,H,T,S]: one pass over each row forward and one backward (masked_softmax_rows), where the
-// division, the masking and the softmax would each stream the whole tensor.
-struct MaskedSoftmax : torch::autograd::Function<MaskedSoftmax> {
-  // The mask as an optional: autograd takes every Tensor argument for an input, and none may be undefined.
-  static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& scores_in, c10::optional<Tensor> mask,
-                        double divisor) {
-    const Tensor scores = scores_in.contiguous();
-    const int64_t B = scores.size(0), H = scores.size(1), T = scores.size(2), S = scores.size(3);
-    // [B,T,S], often from an expanded view
-    const Tensor m = mask ? mask->expand({B, 1, T, S}).reshape({B, T, S}).contiguous() : Tensor();
-    Tensor probs = torch::empty_like(scores);
-    masked_softmax_rows(probs.data_ptr<float>(), scores.data_ptr<float>(), m.defined() ? m.data_ptr<bool>() : nullptr,
-                        B * H * T, H, T, S, (float)divisor);
-    ctx->save_for_backward({probs});
-    ctx->saved_data["divisor"] = divisor;
-    return probs;
-  }
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grad_out) {
-    const Tensor probs = ctx->get_saved_variables()[0], g = grad_out[0].contiguous();
-    const int64_t S = probs.size(-1);
-    Tensor grad = torch::empty_like(probs);
-    masked_softmax_backward_rows(grad.data_ptr<float>(), g.data_ptr<float>(), probs.data_ptr<float>(), probs.numel() / S,
-                                 S, (float)ctx->saved_data["divisor"].toDouble());
-    return {grad, Tensor(), Tensor()};
-  }
-};
-
 // Attention weights [B,H,T,S] fp32 from raw scores q k^T: softmax(scores / sqrt(hd)) over the
 // visible keys.
 Tensor attention_weights(const Tensor& scores, const Tensor& mask, int64_t head_dim) {
-  const double divisor = std::sqrt((double)head_dim);
-  if (scores.is_cpu())
-    return MaskedSoftmax::apply(scores, mask.defined() ? c10::optional<Tensor>(mask) : c10::nullopt, divisor);
-  Tensor scaled = scores / divisor;
+  Tensor scaled = scores / std::sqrt((double)head_dim);
   if (mask.defined()) scaled = scaled.masked_fill(mask.logical_not(), -std::numeric_limits<float>::infinity());
   return scaled.softmax(-1);
 }

@@ -3,13 +3,14 @@
 // libtorch ops each would be a handful of element-wise passes over the activations plus their
 // autograd nodes, and attention a batched GEMM per product with copies to lay its inputs out.
 // Without autograd (inference) they run the same loops and keep nothing. llama.cpp uses them
-// where fused_ops_apply(); elsewhere (bf16, CUDA) it keeps the tensor ops.
+// where fused_ops_apply(); elsewhere (CUDA) it keeps the tensor ops. bf16 inputs are computed in
+// fp32 and rounded once at the end.
 #pragma once
 #include <torch/torch.h>
 
 namespace sl {
 
-bool fused_ops_apply(const torch::Tensor& x);  // fp32 on the CPU
+bool fused_ops_apply(const torch::Tensor& x);  // fp32 or bf16 on the CPU
 
 // RMSNormImpl's math: x [..., D], weight [D] -> x * rsqrt(mean(x^2) + eps) * weight.
 torch::Tensor fused_rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps);
