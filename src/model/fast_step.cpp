@@ -7,6 +7,9 @@
 #include <limits>
 
 #include "vector_math.h"
+#if SL_CPU_VERSIONS
+#include <immintrin.h>
+#endif
 
 namespace sl {
 
@@ -32,6 +35,24 @@ inline float sum8(const Lanes& l) {
 // Helpers on vectors are always inlined and return through references: a call between code of
 // different CPU versions would disagree on how vectors are passed.
 #define SL_VECTOR_HELPER __attribute__((always_inline)) inline
+
+// acc += w * x, in one fused multiply-add where the version has them (kFma: instantiated only in the
+// x86-64-v3/v4 versions). Fused or not, it is the same in every block of a version, so a row's
+// result still does not depend on how many rows share the call.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"  // always inlined into a version: no call passes these vectors
+template <bool kFma, class V>
+SL_VECTOR_HELPER void multiply_add(V& acc, const V& w, const V& x) {
+#if SL_CPU_VERSIONS
+  if constexpr (kFma && sizeof(V) == 64)
+    acc = __builtin_ia32_vfmaddps512_mask(w, x, acc, (__mmask16)-1, _MM_FROUND_CUR_DIRECTION);
+  else if constexpr (kFma)
+    acc = __builtin_ia32_vfmaddps256(w, x, acc);
+  else
+#endif
+    acc += w * x;
+}
+#pragma GCC diagnostic pop
 SL_VECTOR_HELPER void halves(Vec8& low, Vec8& high, const Vec16& l) {
   low = Vec8{l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7]};
   high = Vec8{l[8], l[9], l[10], l[11], l[12], l[13], l[14], l[15]};
@@ -77,7 +98,7 @@ SL_VECTOR_HELPER void sums_of_eight(float* out, const Vec16* a) {
 // the fixed-size loops unroll into one flat set of accumulators. With kStream the next NW weight
 // rows are fetched into L2 meanwhile: weights that stream from memory leave the loop waiting on them
 // with the hardware prefetcher alone.
-template <class V, bool kStream, int NW, int NX>
+template <class V, bool kFma, bool kStream, int NW, int NX>
 __attribute__((always_inline)) inline void dot_block(float* y, const float* W, const float* x, int64_t rows,
                                                      int64_t cols, int64_t i, int64_t r) {
   constexpr int64_t L = sizeof(V) / sizeof(float);
@@ -100,7 +121,7 @@ __attribute__((always_inline)) inline void dot_block(float* y, const float* W, c
       V ws;
       load(ws, w + a * cols + j);
 #pragma GCC unroll 8
-      for (int c = 0; c < NX; ++c) acc[a * NX + c] += ws * xs[c];
+      for (int c = 0; c < NX; ++c) multiply_add<kFma>(acc[a * NX + c], ws, xs[c]);
     }
   }
   float sums[NW * NX];
@@ -118,19 +139,19 @@ __attribute__((always_inline)) inline void dot_block(float* y, const float* W, c
 
 // y[r, i] = W[i, :] . x[r, :] for every input row r and output rows i in [begin, end): blocks of
 // kW weight rows (read from memory once) times kX input rows, the rows left over in pairs, then alone.
-template <class V, bool kStream, int kW, int kX>
+template <class V, bool kFma, bool kStream, int kW, int kX>
 __attribute__((always_inline)) inline void dot_blocks_of(float* y, const float* W, const float* x, int64_t R,
                                                          int64_t rows, int64_t cols, int64_t begin, int64_t end) {
   int64_t i = begin;
   for (; i + kW <= end; i += kW) {
     int64_t r = 0;
-    for (; r + kX <= R; r += kX) dot_block<V, kStream, kW, kX>(y, W, x, rows, cols, i, r);
+    for (; r + kX <= R; r += kX) dot_block<V, kFma, kStream, kW, kX>(y, W, x, rows, cols, i, r);
     if (kX > 2)
-      for (; r + 2 <= R; r += 2) dot_block<V, kStream, kW, 2>(y, W, x, rows, cols, i, r);
-    for (; r < R; ++r) dot_block<V, kStream, kW, 1>(y, W, x, rows, cols, i, r);
+      for (; r + 2 <= R; r += 2) dot_block<V, kFma, kStream, kW, 2>(y, W, x, rows, cols, i, r);
+    for (; r < R; ++r) dot_block<V, kFma, kStream, kW, 1>(y, W, x, rows, cols, i, r);
   }
   for (; i < end; ++i)
-    for (int64_t r = 0; r < R; ++r) dot_block<V, kStream, 1, 1>(y, W, x, rows, cols, i, r);
+    for (int64_t r = 0; r < R; ++r) dot_block<V, kFma, kStream, 1, 1>(y, W, x, rows, cols, i, r);
 }
 
 // One input row takes blocks of 8 weight rows, more take 4 x kX: as many as the registers hold
@@ -138,11 +159,11 @@ __attribute__((always_inline)) inline void dot_blocks_of(float* y, const float* 
 // output is the same sum in the same order whatever the block, so a position's result does not
 // depend on how many rows came with it (a speculative round's verifier sees the values plain
 // decoding would).
-template <class V, bool kStream, int kX>
+template <class V, bool kFma, bool kStream, int kX>
 __attribute__((always_inline)) inline void dot_blocks_with(float* y, const float* W, const float* x, int64_t R,
                                                            int64_t rows, int64_t cols, int64_t begin, int64_t end) {
-  if (R == 1) dot_blocks_of<V, kStream, 8, 1>(y, W, x, R, rows, cols, begin, end);
-  else dot_blocks_of<V, kStream, 4, kX>(y, W, x, R, rows, cols, begin, end);
+  if (R == 1) dot_blocks_of<V, kFma, kStream, 8, 1>(y, W, x, R, rows, cols, begin, end);
+  else dot_blocks_of<V, kFma, kStream, 4, kX>(y, W, x, R, rows, cols, begin, end);
 }
 
 // Weights of at least this many floats (256 KiB) are taken to stream from memory and go through
@@ -150,29 +171,29 @@ __attribute__((always_inline)) inline void dot_blocks_with(float* y, const float
 // costs load slots and 16-lane sums cost more than they save on short rows. The choice depends on
 // W's shape only, never on R.
 constexpr int64_t kStreamFloats = int64_t(1) << 16;
-template <class StreamV, int kX>
+template <class StreamV, bool kFma, int kX>
 __attribute__((always_inline)) inline void dot_blocks_sized(float* y, const float* W, const float* x, int64_t R,
                                                             int64_t rows, int64_t cols, int64_t begin, int64_t end) {
-  if (rows * cols >= kStreamFloats) dot_blocks_with<StreamV, true, kX>(y, W, x, R, rows, cols, begin, end);
-  else dot_blocks_with<Vec8, false, kX>(y, W, x, R, rows, cols, begin, end);
+  if (rows * cols >= kStreamFloats) dot_blocks_with<StreamV, kFma, true, kX>(y, W, x, R, rows, cols, begin, end);
+  else dot_blocks_with<Vec8, kFma, false, kX>(y, W, x, R, rows, cols, begin, end);
 }
 
 // x86-64-v4 streams weights in 64-byte vectors: half the instructions per byte, and more of the
-// weights in flight, than 32-byte ones.
+// weights in flight, than 32-byte ones. x86-64-v3 and v4 multiply and add in one instruction.
 #if SL_CPU_VERSIONS
 __attribute__((target("arch=x86-64-v4"))) void dot_blocks(float* y, const float* W, const float* x, int64_t R,
                                                           int64_t rows, int64_t cols, int64_t begin, int64_t end) {
-  dot_blocks_sized<Vec16, 4>(y, W, x, R, rows, cols, begin, end);
+  dot_blocks_sized<Vec16, true, 4>(y, W, x, R, rows, cols, begin, end);
 }
-__attribute__((target("avx2"))) void dot_blocks(float* y, const float* W, const float* x, int64_t R, int64_t rows,
-                                                int64_t cols, int64_t begin, int64_t end) {
-  dot_blocks_sized<Vec8, 2>(y, W, x, R, rows, cols, begin, end);
+__attribute__((target("arch=x86-64-v3"))) void dot_blocks(float* y, const float* W, const float* x, int64_t R,
+                                                          int64_t rows, int64_t cols, int64_t begin, int64_t end) {
+  dot_blocks_sized<Vec8, true, 2>(y, W, x, R, rows, cols, begin, end);
 }
 __attribute__((target("default")))
 #endif
 void dot_blocks(float* y, const float* W, const float* x, int64_t R, int64_t rows, int64_t cols, int64_t begin,
                 int64_t end) {
-  dot_blocks_sized<Vec8, 2>(y, W, x, R, rows, cols, begin, end);
+  dot_blocks_sized<Vec8, false, 2>(y, W, x, R, rows, cols, begin, end);
 }
 }  // namespace
 
@@ -213,7 +234,7 @@ void project_qkv(DecoderLayerImpl& layer, const float* x, const AttnInputs& in, 
   const int64_t kv_dim = d.KV * d.hd;
   float* xb = sized(buf.xb, d.N * d.D);
   const float* wn = layer.input_layernorm->weight.data_ptr<float>();
-  for (int64_t n = 0; n < d.N; ++n) rms_norm_row(xb + n * d.D, x + n * d.D, wn, d.D, layer.input_layernorm->eps);
+  rms_norm_rows(xb, x, wn, d.N, d.D, layer.input_layernorm->eps);
   float* k = sized(buf.k, d.N * kv_dim);
   float* v = sized(buf.v, d.N * kv_dim);
   float* q = with_q ? sized(buf.q, d.N * d.H * d.hd) : nullptr;
@@ -256,7 +277,7 @@ SL_CPU_CLONES void attend_head(float* o, float* sc, const float* q, const float*
   int64_t s;
   // sc[s] = q . k[s]: the keys [S,hd] as the weights of one input row, in the projections' blocks
   // (eight keys summed at once), so a key's score has the same bits whatever S.
-  dot_blocks_of<Vec8, /*kStream=*/false, 8, 1>(sc, k, q, /*R=*/1, /*rows=*/S, /*cols=*/hd, 0, S);
+  dot_blocks_of<Vec8, /*kFma=*/false, /*kStream=*/false, 8, 1>(sc, k, q, /*R=*/1, /*rows=*/S, /*cols=*/hd, 0, S);
   for (s = 0; s < S; ++s) sc[s] *= inv_scale;
   if (visible)
     for (s = 0; s < S; ++s) sc[s] = visible[s * visible_step] ? sc[s] : none;
@@ -385,12 +406,12 @@ Tensor fast_layer_step(DecoderLayerImpl& layer, const Tensor& x_in, const AttnIn
   // out = h + down_proj(silu(gate_proj(m)) * up_proj(m)), m = post_attention_layernorm(h)
   float* xb = sized(buf.xb, n);
   const float* wn = layer.post_attention_layernorm->weight.data_ptr<float>();
-  for (int64_t r = 0; r < d.N; ++r) rms_norm_row(xb + r * d.D, h + r * d.D, wn, d.D, layer.post_attention_layernorm->eps);
+  rms_norm_rows(xb, h, wn, d.N, d.D, layer.post_attention_layernorm->eps);
   float* g = sized(buf.gate, d.N * I);
   float* u = sized(buf.up, d.N * I);
   project(g, xb, d.N, layer.mlp->gate_proj->weight);
   project(u, xb, d.N, layer.mlp->up_proj->weight);
-  for (int64_t e = 0; e < d.N * I; ++e) g[e] = g[e] * sigmoid(g[e]) * u[e];
+  swiglu_rows(g, g, u, d.N * I);
   project(proj, g, d.N, layer.mlp->down_proj->weight);
   for (int64_t e = 0; e < n; ++e) h[e] += proj[e];
   return out;

@@ -13,6 +13,14 @@ using torch::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+SL_CPU_CLONES void rms_norm_rows(float* y, const float* x, const float* w, int64_t rows, int64_t D, double eps) {
+  for (int64_t r = 0; r < rows; ++r) rms_norm_row(y + r * D, x + r * D, w, D, eps);
+}
+
+SL_CPU_CLONES void swiglu_rows(float* y, const float* g, const float* u, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = g[i] * sigmoid(g[i]) * u[i];
+}
+
 namespace {
 bool needs_grad(std::initializer_list<Tensor> xs) {
   if (!torch::GradMode::is_enabled()) return false;
@@ -31,10 +39,6 @@ void for_rows(int64_t rows, int64_t width, const F& f) {
 }
 
 // ---------------------------------------------------------------- RMSNorm
-SL_CPU_CLONES void rms_norm_rows(float* y, const float* x, const float* w, int64_t rows, int64_t D, double eps) {
-  for (int64_t r = 0; r < rows; ++r) rms_norm_row(y + r * D, x + r * D, w, D, eps);
-}
-
 Tensor rms_norm_forward(const Tensor& x, const Tensor& w, double eps) {  // x contiguous [..., D]
   const int64_t D = w.numel(), rows = x.numel() / D;
   Tensor y = torch::empty_like(x);
@@ -140,10 +144,6 @@ struct RotaryFn : torch::autograd::Function<RotaryFn> {
 };
 
 // ---------------------------------------------------------------- SwiGLU
-SL_CPU_CLONES void swiglu_row(float* y, const float* g, const float* u, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = g[i] * sigmoid(g[i]) * u[i];
-}
-
 // dg = dy u sigmoid(g) (1 + g (1 - sigmoid(g))), du = dy g sigmoid(g).
 SL_CPU_CLONES void swiglu_backward_row(float* dg, float* du, const float* dy, const float* g, const float* u, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
@@ -164,7 +164,7 @@ Tensor swiglu_forward(const Tensor& g, const Tensor& u) {
   Tensor y = torch::empty_like(g);
   const float *gp = g.data_ptr<float>(), *up = u.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  for_chunks(g.numel(), [&](int64_t at, int64_t n) { swiglu_row(yp + at, gp + at, up + at, n); });
+  for_chunks(g.numel(), [&](int64_t at, int64_t n) { swiglu_rows(yp + at, gp + at, up + at, n); });
   return y;
 }
 

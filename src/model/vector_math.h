@@ -110,4 +110,9 @@ inline float sigmoid(float g) {
   return g >= 0 ? r : e * r;
 }
 
+// Rows defined once, in fused_ops.cpp, in CPU versions; fast_step's decoding steps share them, so
+// a position's norms and SwiGLU are the same bits there and in the general path.
+void rms_norm_rows(float* y, const float* x, const float* w, int64_t rows, int64_t D, double eps);  // rms_norm_row each
+void swiglu_rows(float* y, const float* g, const float* u, int64_t n);  // y = g * sigmoid(g) * u; y may be g
+
 }  // namespace sl
