@@ -5,13 +5,14 @@
 #            16 (lr 1e-3, cosine); `eval --task loss` per exit on 200 held-out records.
 #   demo     train the demo's model from scratch on its synthetic set (configs/demo.json; data and tokenizer
 #            from `scripts/demo.sh --data-only` unless --demo-data has them); `eval --task instruct` exact
-#            match per exit on its 200 test questions.
+#            match per exit on its 200 test questions (with --demo-seeds, every run once per seed, averaged:
+#            200 questions leave a few points of seed noise).
 # Writes bench/recipes.{json,md}, bench/recipes_loss.svg and bench/recipes_demo_exact_match.svg; work files
 # in runs/bench_recipes/.
 #
 #   scripts/bench_recipes.sh [--parts stories,demo] [--threads N] [--recipes a,b] [--variant LABEL=key=value,...]
 #                            [--steps N] [--train N] [--held-out N] [--seed N]     (stories)
-#                            [--demo-steps N] [--demo-data DIR]                     (demo)
+#                            [--demo-steps N] [--demo-seeds 1,2,3] [--demo-data DIR] (demo)
 #                            [--out DIR] [--work DIR]
 #
 # SORTEDLLAMA=path/to/binary overrides the binary (default: build/sortedllama).
