@@ -56,17 +56,23 @@ Tensor next_token_labels(const Tensor& tokens, const Tensor& mask) {
 std::string ref_dir() { return sl_test::source_dir() + "/tests/data/ref_gqa"; }
 }  // namespace
 
-TEST(ModelReference, PerExitLogitsMatchAtRealPositions) {
+// fp32 on the CPU takes the fused ops (model/fused_ops.h); float64 takes the tensor ops that
+// CUDA runs: both against the reference.
+static void expect_reference_logits(torch::Dtype dtype) {
   const auto& r = reference();
   sl::Llama m = sl::load_model(ref_dir());
+  m->to(dtype);
   torch::NoGradGuard g;
   auto hidden = m->forward(r.tokens, {1, 2, 3, 4}, r.mask);
   Tensor real = r.mask.to(torch::kBool);
   for (int k = 1; k <= 4; ++k) {
-    Tensor logits = m->head(hidden[k - 1], k);
+    Tensor logits = m->head(hidden[k - 1], k).to(torch::kFloat32);
     EXPECT_LT(sl_test::max_abs_diff(logits.index({real}), r.logits[k - 1].index({real})), kLogitTol) << "exit " << k;
   }
 }
+
+TEST(ModelReference, PerExitLogitsMatchAtRealPositions) { expect_reference_logits(torch::kFloat32); }
+TEST(ModelReference, TensorOpsPathMatchesTooInFloat64) { expect_reference_logits(torch::kFloat64); }
 
 TEST(ModelReference, ShardedCheckpointGivesTheSameLogits) {
   const auto& r = reference();
@@ -77,9 +83,10 @@ TEST(ModelReference, ShardedCheckpointGivesTheSameLogits) {
   EXPECT_LT(sl_test::max_abs_diff(logits.index({real}), r.logits[3].index({real})), kLogitTol);
 }
 
-TEST(ModelReference, PerExitNllAndSoftLossGradient) {
+static void expect_reference_soft_loss_gradient(torch::Dtype dtype) {
   const auto& r = reference();
   sl::Llama m = sl::load_model(ref_dir());
+  m->to(dtype);
   Tensor labels = next_token_labels(r.tokens, r.mask);
   const double n = labels.ge(0).sum().item<double>();
   ASSERT_EQ(n, 15);
@@ -99,12 +106,15 @@ TEST(ModelReference, PerExitNllAndSoftLossGradient) {
   torch::autograd::backward(hidden, leaf_grads);
   auto params = m->named_parameters();
   for (const auto& [name, want] : r.grads) {
-    Tensor got = params[name].grad();
+    Tensor got = params[name].grad().to(torch::kFloat32);
     ASSERT_TRUE(got.defined()) << name;
     const double scale = want.abs().max().item<double>();
     EXPECT_LT(sl_test::max_abs_diff(got, want), 1e-4 * std::max(1.0, scale)) << name;
   }
 }
+
+TEST(ModelReference, PerExitNllAndSoftLossGradient) { expect_reference_soft_loss_gradient(torch::kFloat32); }
+TEST(ModelReference, TensorOpsPathGradientMatchesTooInFloat64) { expect_reference_soft_loss_gradient(torch::kFloat64); }
 
 // The fused chunked loss (gradients of the logits formed in place from their softmax) against the
 // naive path: the whole batch's logits, log_softmax + NLL, one autograd backward.
@@ -162,9 +172,6 @@ TEST(SoftmaxRows, EqualsLogSoftmaxNllAndItsGradient) {
   }
 }
 
-// Attention's fused masked softmax against libtorch's division, masked_fill and softmax, forward
-// and backward: rows shorter and longer than the vector width, keys hidden at random (each query
-// still sees itself), and no mask at all.
 TEST(ModelReference, EvalLmMatchesReferenceNllForAnUnpaddedSequence) {
   const auto& r = reference();
   sl::Llama m = sl::load_model(ref_dir());
