@@ -95,7 +95,7 @@ void store_kv(const Tensor& k, const Tensor& v, KVCache& cache, int layer) {
   cache.len[layer] = start + T;
 }
 
-// The attention core in tensor ops, where fused_attention does not apply (bf16, CUDA):
+// The attention core in tensor ops, where fused_attention does not apply (CUDA):
 // q [B,H,T,hd], k, v [B,KV,S,hd], mask [B,1,T,S] -> [B,T,H*hd].
 Tensor attention_ops(const Tensor& q, Tensor k, Tensor v, const Tensor& mask) {
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), hd = q.size(3), KV = k.size(1), S = k.size(2);
