@@ -401,8 +401,10 @@ def markdown(result):
           "medians, and for ratios the median of the ratios within each interleaved round. Model FLOPs: the "
           "matrix products of one step (forward + both gradients; heads on labelled positions only). GEMM "
           "speed: the same products timed alone with torch.mm/bmm in the same run. Phases (sortedllama, ms per "
-          "step): from metrics.jsonl `phase_ms`. The Python processes (PyTorch loop, GEMM timing) ran with "
-          f"OPENBLAS_CORETYPE={result['pytorch_openblas_kernel']}, the kernel sortedllama uses."]
+          "step): from metrics.jsonl `phase_ms`."
+          + (" The Python processes (PyTorch loop, GEMM timing) ran with "
+             f"OPENBLAS_CORETYPE={result['pytorch_openblas_kernel']}, the kernel sortedllama uses."
+             if result["pytorch_openblas_kernel"] else "")]
     for s in result["settings"]:
         u = s["setup"]
         md += ["", f"## {s['setting']}: {u['data']} data, batch {u['batch_size']}, max_seq_len {u['max_seq_len']}, "

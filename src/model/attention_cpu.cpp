@@ -164,7 +164,7 @@ struct Group {
   }
   // Keys or values [S, hd] of this group as out[d * Sp + s] (transposed) or out[s * hdp + d], zero-padded.
   void pack(std::vector<float>& out, const HeadsIn& x, bool transposed) const {
-    out.assign(Sp * hdp, 0.0f);
+    out.assign(transposed ? s.hd * Sp : Sp * hdp, 0.0f);
     for (int64_t t = 0; t < s.S; ++t) {
       const float* row = at(x, j, t);
       for (int64_t d = 0; d < s.hd; ++d) (transposed ? out[d * Sp + t] : out[t * hdp + d]) = row[d];

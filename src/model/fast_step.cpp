@@ -53,6 +53,7 @@ SL_VECTOR_HELPER void multiply_add(V& acc, const V& w, const V& x) {
     acc += w * x;
 }
 #pragma GCC diagnostic pop
+
 SL_VECTOR_HELPER void halves(Vec8& low, Vec8& high, const Vec16& l) {
   low = Vec8{l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7]};
   high = Vec8{l[8], l[9], l[10], l[11], l[12], l[13], l[14], l[15]};
@@ -253,7 +254,10 @@ void project_qkv(DecoderLayerImpl& layer, const float* x, const AttnInputs& in, 
     const float* c = cos.data_ptr<float>() + n * d.hd;
     const float* s = sin.data_ptr<float>() + n * d.hd;
     if (with_q)
-      for (int64_t h = 0; h < d.H; ++h) rotate_half_row(q + (n * d.H + h) * d.hd, q + (n * d.H + h) * d.hd, c, s, d.hd);
+      for (int64_t h = 0; h < d.H; ++h) {
+        float* qh = q + (n * d.H + h) * d.hd;
+        rotate_half_row(qh, qh, c, s, d.hd);
+      }
     for (int64_t j = 0; j < d.KV; ++j) {
       float* kr = k + n * kv_dim + j * d.hd;
       const float* vr = v + n * kv_dim + j * d.hd;

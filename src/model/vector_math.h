@@ -1,6 +1,6 @@
-// Pieces the model's plain CPU loops share (fast_step, softmax_rows, attention_cpu): the CPU versions of
-// a hot loop, an e^x that vectorises, lane-split sums, and the rows of
-// RMSNorm, rotary and SwiGLU.
+// Pieces the model's plain CPU loops share (fast_step, softmax_rows, attention_cpu, fused_ops): the
+// CPU versions of a hot loop, an e^x that vectorises, lane-split sums, and the rows of RMSNorm,
+// rotary and SwiGLU.
 #pragma once
 #include <algorithm>
 #include <cmath>
