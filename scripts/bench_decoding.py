@@ -185,7 +185,9 @@ def main():
         if args.tree > 0:
             modes.append(("speculative", f"draft layer {k}, tree {args.tree}",
                           ["--speculative", "--draft-layer", str(k), "--draft-tree", str(args.tree)]))
-    modes += [("dynamic", "calibrated thresholds" if calibrated else "default thresholds", ["--dynamic"])]
+    thresholds = "calibrated thresholds" if calibrated else "default thresholds"
+    modes += [("dynamic", thresholds, ["--dynamic"]),
+              ("dynamic", thresholds + ", copied K/V", ["--dynamic", "--skipped-kv", "copy"])]
     tuned = None
     if args.tune_prompts:
         mode, tuned = tuned_mode(args)
@@ -219,8 +221,8 @@ def main():
         print(f"{kind:12s} {label:20s} {s['ms_per_token']:8.3f} ms/token  {s['speedup']:5.2f}x  "
               f"(decode {s['decode_speedup']:5.2f}x)", file=sys.stderr)
 
-    # Exact modes (speculative, dynamic) prefill the prompt through every layer, as full decoding
-    # does: that time bounds their end-to-end speed-up whatever their decoding costs.
+    # Speculative decoding and dynamic exit with copied K/V prefill the prompt through every layer,
+    # as full decoding does: that time bounds their end-to-end speed-up whatever their decoding costs.
     prefill_share = sum(r["stats"]["prefill_ms"] for r in full) / total_ms(full)
     info = {"date": datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(args.bin, args.threads),
             "model": os.path.abspath(args.model), "n_layers": n_layers, "prompts": prompt_file,
@@ -255,8 +257,9 @@ def main():
     new_tokens = sum(r["stats"]["new_tokens"] for r in full) / len(full)
     lines += ["", f"Prompts average {prompt_tokens:.1f} tokens and full decoding's answers {new_tokens:.1f}. "
               f"Prefill takes {prefill_share:.0%} of full decoding's time here. Speculative decoding and early "
-              "exit prefill through every layer too, so neither can be more than "
-              f"{info['exact_speedup_ceiling']:.2f}x faster end to end on these prompts, however fast it decodes."]
+              "exit with copied K/V prefill through every layer too, so neither can be more than "
+              f"{info['exact_speedup_ceiling']:.2f}x faster end to end on these prompts, however fast it decodes. "
+              "Early exit with recomputed K/V (the default) runs the prompt only as deep as its tokens' exits ask."]
     table = "\n".join(lines) + "\n"
     with open(os.path.join(args.out, "decoding.md"), "w") as f:
         f.write(table)

@@ -55,6 +55,7 @@ nlohmann::json calibrated_json(const Calibration& r, const CalibrateArgs& a) {
           {"loss", "per prompt: fraction of output positions where greedy dynamic decoding differs from the full model's greedy output"},
           {"p_value", a.p_value},
           {"max_new_tokens", a.new_tokens},
+          {"skipped_kv", skipped_kv_name(DynamicParams().kv)},  // the rule the test decoding used
           {"prompts", a.prompts},
           {"n_tokens", r.test_tokens},
           {"n_test_prompts", r.n_test},

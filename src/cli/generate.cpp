@@ -23,7 +23,7 @@ struct GenerateArgs {
   bool speculative = false, dynamic = false, compare_baseline = false;
   int draft_layer = 0, draft_tokens = 0, draft_tree = 0;
   double draft_confidence = 0;
-  std::string thresholds, confidence = "max_prob";
+  std::string thresholds, confidence = "max_prob", skipped_kv = "recompute";
 };
 
 // One batch decoded in the chosen mode: outputs, batch-level stats for --json, a stderr summary.
@@ -52,8 +52,9 @@ std::string summary(const DecodeOptions& o, const DecodeStats& st) {
     case Strategy::kDynamic: {
       std::string hist;
       for (const auto& [k, n] : st.exit_histogram) hist += fmt::format("{}{}:{}", hist.empty() ? "" : " ", k, n);
-      return fmt::format("dynamic ({}, {}): exits {}, {:.2f} layers/token, {}", format_thresholds(o.dynamic.thresholds),
-                         confidence_name(o.dynamic.confidence), hist, st.mean_layers_per_token(), speed);
+      return fmt::format("dynamic ({}, {}, {} skipped K/V): exits {}, {:.2f} layers/token, {}",
+                         format_thresholds(o.dynamic.thresholds), confidence_name(o.dynamic.confidence),
+                         skipped_kv_name(o.dynamic.kv), hist, st.mean_layers_per_token(), speed);
     }
     case Strategy::kPlain: break;
   }
@@ -73,6 +74,7 @@ void add_settings(nlohmann::json& j, const DecodeOptions& o) {
   if (o.strategy == Strategy::kDynamic) {
     j["thresholds"] = format_thresholds(o.dynamic.thresholds);
     j["confidence"] = confidence_name(o.dynamic.confidence);
+    j["skipped_kv"] = skipped_kv_name(o.dynamic.kv);
   }
 }
 
@@ -110,7 +112,10 @@ DecodeOptions plan_options(const GenerateArgs& a, const LoadedModel& m) {
     opt.speculative = choose_speculative({a.draft_layer, a.draft_tokens, a.draft_confidence, a.draft_tokens_given, a.draft_confidence_given},
                                          !a.exit_layer_given || a.exit_layer == cfg.n_layers, m, a.model);
   opt.speculative.tree_nodes = a.draft_tree;
-  if (a.dynamic) opt.dynamic = choose_dynamic(a.thresholds, a.confidence, a.confidence_given, m, a.model);
+  if (a.dynamic) {
+    opt.dynamic = choose_dynamic(a.thresholds, a.confidence, a.confidence_given, m, a.model);
+    opt.dynamic.kv = parse_skipped_kv(a.skipped_kv);
+  }
   return opt.resolved((int)cfg.n_layers);
 }
 
@@ -261,6 +266,12 @@ void add_generate_command(CLI::App& app, const GlobalOptions& g) {
       ->needs(dyn);
   cmd->add_option("--confidence", a->confidence, "dynamic: max_prob (top-1) or margin (top-1 minus top-2)")
       ->check(CLI::IsMember({"max_prob", "margin"}))
+      ->needs(dyn);
+  cmd->add_option("--skipped-kv", a->skipped_kv,
+                  "dynamic: how a skipped layer gets a token's K/V: recompute (when a later token first needs that "
+                  "layer; the cache stays the full model's, and the prompt runs only as deep as asked) or copy (from "
+                  "the exit state, CALM)")
+      ->check(CLI::IsMember({"recompute", "copy"}))
       ->needs(dyn);
   cmd->add_flag("--compare-baseline", a->compare_baseline, "also run plain decoding and report the speedup");
   cmd->callback([a, cmd, &g] {

@@ -6,16 +6,25 @@
 // the first exit whose confidence reaches its threshold emits the token (argmax, or sampled from
 // that exit's logits with the sampling settings). The last layer always accepts.
 //
-// Skipped layers still owe later tokens their K/V. Choice: CALM-style state copying. The exited
-// hidden state h_k is the input of every deeper layer for that position: each deeper layer caches
-// the K/V it would compute from h_k (LlamaImpl::layer_kv: input norm, K/V projections, rotary),
-// costing two projections per skipped layer instead of a whole layer, and nothing is ever missing
-// or recomputed. So a position's entries in layer i are computed from its layer-i input when it
-// ran that far, and from its exit state otherwise; tests check generation against a cache-free
-// recomputation with exactly these semantics. Batched: while any row still runs, a layer runs
-// for the whole batch with the exited rows' input held at their exit state (their output is
-// discarded; the K/V they cache are exactly the copied state's); once every row has exited, the
-// remaining layers only append K/V. The prompt runs through every layer.
+// Skipped layers still owe later tokens their K/V. Two ways to pay (DynamicParams::kv):
+//  - recompute (EE-LLM's KV recomputation, extended to the prompt): a layer runs for a position
+//    only when some later token first needs that layer, over every position it still owes, in
+//    one chunk. The cache is then exactly the full model's and the prompt runs only as deep as
+//    its tokens' exits ask. Since a token that runs layer i first gives every earlier position
+//    layer i, the depth a position ran is non-increasing along the sequence: layer i owes a
+//    contiguous run of slots, from its cache length to the current slot. Each slot's residual
+//    stream at the depth it reached waits in a [B, capacity, D] buffer. Batched, the batch shares
+//    one depth per slot: a layer runs for every row while any row still needs it.
+//  - copy (CALM state copying): the exited hidden state h_k is the input of every deeper layer
+//    for that position: each deeper layer caches the K/V it would compute from h_k
+//    (LlamaImpl::layer_kv: input norm, K/V projections, rotary), costing two projections per
+//    skipped layer instead of a whole layer. So a position's entries in layer i are computed from
+//    its layer-i input when it ran that far, and from its exit state otherwise. Batched: while any
+//    row still runs, a layer runs for the whole batch with the exited rows' input held at their
+//    exit state (their output is discarded; the K/V they cache are exactly the copied state's);
+//    once every row has exited, the remaining layers only append K/V. The prompt runs through
+//    every layer.
+// Tests check both against cache-free recomputations with exactly these semantics.
 #include <cmath>
 #include <limits>
 
@@ -116,29 +125,35 @@ struct ExitDecider {
     return leaving;
   }
 };
-}  // namespace
 
-std::vector<Generation> generate_dynamic(Llama& model, const std::vector<std::vector<int>>& prompts,
-                                         const DecodeOptions& opt, DecodeStats& stats) {
-  const int L = (int)model->config().n_layers;
-  std::vector<double> threshold(L + 1, std::nan(""));  // per layer; the last always accepts
-  std::vector<int> exits;                              // increasing, ends with L
-  for (const auto& t : opt.dynamic.thresholds) {
-    threshold[t.layer] = t.threshold;
-    exits.push_back(t.layer);
+// One generate_dynamic call: the batch, its cache and what both ways of filling skipped layers share.
+struct DynamicRun {
+  Llama& model;
+  const DecodeOptions& opt;
+  DecodeStats& stats;
+  const int L;
+  std::vector<double> threshold;  // per layer 1..L; NaN = not an exit; the last always accepts
+  std::vector<int> exits;         // increasing, ends with L
+  std::vector<Generation> out;
+  DecodeBatch batch;
+  KVCache cache;
+  at::Generator gen;
+
+  DynamicRun(Llama& m, const std::vector<std::vector<int>>& prompts, const DecodeOptions& o, DecodeStats& st)
+      : model(m), opt(o), stats(st), L((int)m->config().n_layers), threshold(L + 1, std::nan("")),
+        out(prompts.size()), batch(m, prompts, o.max_new_tokens), cache(batch.make_cache(m)), gen(make_generator(o.seed)) {
+    for (const auto& t : opt.dynamic.thresholds) {
+      threshold[t.layer] = t.threshold;
+      exits.push_back(t.layer);
+    }
+    if (exits.empty() || exits.back() != L) exits.push_back(L);
   }
-  if (exits.empty() || exits.back() != L) exits.push_back(L);
-  std::vector<Generation> out(prompts.size());
-  if (prompts.empty()) return out;
 
-  DecodeBatch batch(model, prompts, opt.max_new_tokens);
-  const int64_t P = batch.prompt_len;
-  auto dev = batch.key_mask.device();
-  KVCache cache = batch.make_cache(model);
-  at::Generator gen = make_generator(opt.seed);
+  bool is_exit(int layer) const { return layer == L || !std::isnan(threshold[layer]); }
 
-  // Emits each row's decided token; drops finished rows. Returns the running rows' tokens.
-  auto finish_step = [&](const ExitDecider& d) {
+  // Emits each row's decided token; drops finished rows from the batch, the cache and `rows_of`
+  // (a per-row tensor, when defined). Returns the running rows' tokens.
+  std::vector<int64_t> finish_step(const ExitDecider& d, Tensor& rows_of) {
     std::vector<int64_t> keep, next;
     for (size_t r = 0; r < batch.rows.size(); ++r) {
       ++stats.exit_histogram[d.exit[r]];
@@ -149,9 +164,20 @@ std::vector<Generation> generate_dynamic(Llama& model, const std::vector<std::ve
       }
     }
     stats.new_tokens += (int64_t)batch.rows.size();
+    if (rows_of.defined() && keep.size() != batch.rows.size())
+      rows_of = rows_of.index_select(0, torch::tensor(keep, torch::kInt64).to(rows_of.device()));
     batch.keep(keep, cache);
     return next;
-  };
+  }
+
+  std::vector<Generation> copying();
+  std::vector<Generation> recomputing();
+};
+
+std::vector<Generation> DynamicRun::copying() {
+  const int64_t P = batch.prompt_len;
+  auto dev = batch.key_mask.device();
+  Tensor none;
 
   // Prefill: the prompt through every layer; its last position takes the first exit that is sure.
   Stopwatch clock;
@@ -161,7 +187,7 @@ std::vector<Generation> generate_dynamic(Llama& model, const std::vector<std::ve
   stats.prefill_ms += clock.ms();
   stats.prompt_tokens += batch.prompt_tokens();
   clock.restart();
-  std::vector<int64_t> next = finish_step(first);
+  std::vector<int64_t> next = finish_step(first, none);
 
   for (int64_t slot = P; !batch.rows.empty(); ++slot) {
     const int64_t R = (int64_t)batch.rows.size();
@@ -178,24 +204,74 @@ std::vector<Generation> generate_dynamic(Llama& model, const std::vector<std::ve
       }
       const bool some_gone = d.left < R;
       x = model->layer(i, some_gone ? torch::where(gone, state, x) : x, in, &cache);
-      if (!std::isnan(threshold[i + 1]) || i + 1 == L) {
-        const std::vector<int64_t> leaving = d.at_exit(i + 1, x.select(1, 0));
-        if (leaving.empty()) continue;
-        if (d.left == 0 && !some_gone) {  // the whole batch leaves here together
-          state = x;
-          continue;
-        }
-        Tensor leave = torch::zeros({R, 1, 1}, torch::kBool);
-        for (int64_t r : leaving) leave[r].fill_(true);
-        leave = leave.to(dev);
-        state = torch::where(leave, x, state);
-        gone = gone.logical_or(leave);
+      if (!is_exit(i + 1)) continue;
+      const std::vector<int64_t> leaving = d.at_exit(i + 1, x.select(1, 0));
+      if (leaving.empty()) continue;
+      if (d.left == 0 && !some_gone) {  // the whole batch leaves here together
+        state = x;
+        continue;
       }
+      Tensor leave = torch::zeros({R, 1, 1}, torch::kBool);
+      for (int64_t r : leaving) leave[r].fill_(true);
+      leave = leave.to(dev);
+      state = torch::where(leave, x, state);
+      gone = gone.logical_or(leave);
     }
-    next = finish_step(d);
+    next = finish_step(d, none);
   }
   stats.decode_ms += clock.ms();
   return out;
+}
+
+std::vector<Generation> DynamicRun::recomputing() {
+  const int64_t P = batch.prompt_len;
+  auto dev = batch.key_mask.device();
+  // Per row and slot, the residual stream after the layers that slot has run (its embedding at first).
+  Tensor stream = torch::empty({(int64_t)batch.rows.size(), batch.capacity, model->config().dim},
+                               torch::dtype(model->dtype()).device(dev));  // [R,capacity,D]
+
+  // Runs layers until every row has decided the token after `slot`: each layer first catches up
+  // on the slots it owes, from its cache length (the owed slots' states wait in `stream`).
+  auto decide = [&](int64_t slot) {
+    const int64_t R = (int64_t)batch.rows.size();
+    ExitDecider d(model, opt, threshold, gen, batch.rows);
+    int64_t from = -1;  // the owed run [from, slot] that `in` was built for
+    AttnInputs in;
+    for (int i = 0; i < L && d.left > 0; ++i) {
+      const int64_t start = cache.len[i], T = slot + 1 - start;
+      if (start != from) in = model->attn_inputs(batch.key_mask.narrow(1, 0, slot + 1), R, start, T);
+      from = start;
+      Tensor owed = stream.narrow(1, start, T);                             // [R,T,D]
+      Tensor x = model->layer(i, owed, in, &cache);                         // [R,T,D]
+      owed.copy_(x);
+      if (is_exit(i + 1)) d.at_exit(i + 1, x.select(1, T - 1));
+    }
+    return d;
+  };
+
+  Stopwatch clock;
+  stream.narrow(1, 0, P).copy_(model->embed(batch.tokens));
+  ExitDecider first = decide(P - 1);
+  stats.prefill_ms += clock.ms();
+  stats.prompt_tokens += batch.prompt_tokens();
+  clock.restart();
+  std::vector<int64_t> next = finish_step(first, stream);
+
+  for (int64_t slot = P; !batch.rows.empty(); ++slot) {
+    batch.key_mask.select(1, slot).fill_(1);
+    stream.narrow(1, slot, 1).copy_(model->embed(torch::tensor(next, torch::kInt64).to(dev).unsqueeze(1)));  // [R,1,D]
+    next = finish_step(decide(slot), stream);
+  }
+  stats.decode_ms += clock.ms();
+  return out;
+}
+}  // namespace
+
+std::vector<Generation> generate_dynamic(Llama& model, const std::vector<std::vector<int>>& prompts,
+                                         const DecodeOptions& opt, DecodeStats& stats) {
+  if (prompts.empty()) return {};
+  DynamicRun run(model, prompts, opt, stats);
+  return opt.dynamic.kv == SkippedKV::kCopy ? run.copying() : run.recomputing();
 }
 
 }  // namespace sl

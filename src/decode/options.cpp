@@ -54,6 +54,14 @@ Confidence parse_confidence(const std::string& name) {
 
 const char* confidence_name(Confidence c) { return c == Confidence::kMargin ? "margin" : "max_prob"; }
 
+SkippedKV parse_skipped_kv(const std::string& name) {
+  if (name == "recompute") return SkippedKV::kRecompute;
+  if (name == "copy") return SkippedKV::kCopy;
+  throw std::runtime_error("skipped-layer K/V \"" + name + "\" is not recompute or copy");
+}
+
+const char* skipped_kv_name(SkippedKV k) { return k == SkippedKV::kCopy ? "copy" : "recompute"; }
+
 DynamicParams dynamic_params(const DynamicProfile& profile) {
   DynamicParams p;
   for (const auto& [layer, threshold] : profile.thresholds) p.thresholds.push_back({layer, threshold});

@@ -135,9 +135,11 @@ std::vector<Candidate> candidate_path(const std::vector<ExitSamples>& samples, c
     for (size_t e = 0; e < exits.size(); ++e) c.thresholds.push_back({exits[e], threshold_for(samples[e], order[e], c.rate)});
     by_rate.push_back(std::move(c));
   }
-  // Even rate 0 on teacher-forced states can disagree in real decoding (its states are copied, not
-  // computed), so the path starts more conservatively: rate 0's thresholds moved towards 1, their
-  // distance to 1 scaled by 1e-3 .. 1 (geometric, path_steps / 2 steps; "never" stays never).
+  // Even rate 0 on teacher-forced states can disagree in real decoding (recomputed K/V are computed
+  // in other chunks, so a confidence at the threshold may round either way; copied ones are not
+  // the full model's at all), so the path starts more conservatively: rate 0's thresholds moved
+  // towards 1, their distance to 1 scaled by 1e-3 .. 1 (geometric, path_steps / 2 steps; "never"
+  // stays never).
   std::vector<Candidate> path;
   const int prefix = o.path_steps / 2;
   for (int i = 0; i < prefix; ++i) {

@@ -78,6 +78,16 @@ assert d["mode"] == "speculative" and sum(d["proposed_at"]) == d["drafted"] and 
 assert d["acceptance_rate"] == spec["spec2"]["acceptance_rate"] and spec["5"]["decoding"]["mode"] == "plain", spec
 assert dyn["dynamic"]["decoding"]["mode"] == "dynamic" and "exit_histogram" in dyn["dynamic"]["decoding"], dyn
 PY
+# Copied K/V instead of recomputed ones: recorded in the config.
+"$BIN" eval --model "$M" --task triviaqa --data "$TQA" --limit 4 --decode dynamic --thresholds 2:0.5 --skipped-kv copy \
+  --out "$WORK/dyncopy" >/dev/null
+/usr/bin/python3 - "$WORK/dyncopy/results.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["config"]["skipped_kv"] == "copy" and set(r["exits"]) == {"5", "dynamic"}, r["config"]
+PY
+expect_error "--skipped-kv: share not in {recompute,copy}" "$BIN" eval --model "$M" --task triviaqa --data "$TQA" \
+  --decode dynamic --skipped-kv share
 # With a draft tree too.
 "$BIN" eval --model "$M" --task triviaqa --data "$TQA" --limit 4 --exits 1 --decode speculative --draft-tree 3 \
   --out "$WORK/tree" >/dev/null

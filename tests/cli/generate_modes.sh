@@ -53,6 +53,10 @@ assert s["draft_tree"] == 2 and s["tree_nodes"] > 0 and 0 <= s["tree_accepted"] 
   >"$WORK/dyn.txt" 2>"$WORK/dyn.err"
 cmp "$WORK/plain.txt" "$WORK/dyn.txt" || fail "dynamic with thresholds > 1 differs from plain decoding"
 grep -q "layers/token" "$WORK/dyn.err" || fail "no dynamic stats on stderr"
+"$BIN" generate --model "$M" --prompt-file "$WORK/p.txt" --max-new-tokens 60 --dynamic --thresholds 2:1.1,4:1.1 \
+  --skipped-kv copy >"$WORK/dyn_copy.txt" 2>"$WORK/dyn_copy.err"
+cmp "$WORK/plain.txt" "$WORK/dyn_copy.txt" || fail "dynamic, copied K/V, with thresholds > 1 differs from plain decoding"
+grep -q "copy skipped K/V" "$WORK/dyn_copy.err" || fail "the dynamic summary does not name copied K/V"
 "$BIN" generate --model "$M" --prompt-file "$WORK/p.txt" --max-new-tokens 30 --dynamic --confidence margin \
   --compare-baseline --json >"$WORK/dyn.jsonl"
 /usr/bin/python3 - "$WORK/dyn.jsonl" <<'PY'
@@ -61,7 +65,7 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 assert len(rows) == 3, rows
 for r in rows:
     s = r["stats"]
-    assert s["mode"] == "dynamic" and s["confidence"] == "margin", s
+    assert s["mode"] == "dynamic" and s["confidence"] == "margin" and s["skipped_kv"] == "recompute", s
     assert s["thresholds"] == "1:0.95,2:0.95,3:0.9,4:0.9", s["thresholds"]
     assert 1 <= s["mean_layers_per_token"] <= 5 and sum(s["exit_histogram"].values()) > 0, s
     assert s["layers_run"] >= sum(s["exit_histogram"].values()) and "drafted" not in s, s
@@ -80,4 +84,6 @@ expect_error "requires" "$BIN" generate --model "$M" --prompt hi --thresholds 2:
 expect_error "\"2=0.5\" is not LAYER:THRESHOLD" "$BIN" generate --model "$M" --prompt hi --dynamic --thresholds 2=0.5
 expect_error "layer 9 is outside the model's 1..5 layers" "$BIN" generate --model "$M" --prompt hi --dynamic --thresholds 9:0.5
 expect_error "dynamic decoding runs the full model" "$BIN" generate --model "$M" --prompt hi --dynamic --exit-layer 3
+expect_error "--skipped-kv: keep not in {recompute,copy}" "$BIN" generate --model "$M" --prompt hi --dynamic --skipped-kv keep
+expect_error "requires" "$BIN" generate --model "$M" --prompt hi --skipped-kv copy
 echo "generate modes CLI: ok"

@@ -1,6 +1,7 @@
 // Dynamic early exit: thresholds above 1 give the full model, a zero first threshold gives that
-// static exit, and mixed exits match a cache-free recomputation with CALM state copying (so no
-// token ever attends to a missing or stale key/value entry).
+// static exit, and mixed exits match a cache-free recomputation: of the full model's states when
+// skipped layers' K/V are recomputed, with CALM state copying when they are copied (so no token
+// ever attends to a missing or stale key/value entry).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -26,8 +27,10 @@ sl::DecodeOptions plain(int64_t max_new, int exit = 0) {
   return o;
 }
 
-sl::DecodeOptions dyn(int64_t max_new, std::vector<sl::ExitThreshold> t, const std::string& confidence = "max_prob") {
+sl::DecodeOptions dyn(int64_t max_new, std::vector<sl::ExitThreshold> t, const std::string& confidence = "max_prob",
+                      sl::SkippedKV kv = sl::SkippedKV::kRecompute) {
   sl::DecodeOptions o;
+  o.dynamic.kv = kv;
   o.strategy = sl::Strategy::kDynamic;
   o.max_new_tokens = max_new;
   o.dynamic.thresholds = t;
@@ -60,22 +63,25 @@ TEST(DynamicGreedy, ThresholdsAboveOneEqualFullGreedy) {
   sl::Tokenizer tok(dir + "/tokenizer.model");
   auto prompts = story_prompts(tok);
   auto want = sl::generate(m, prompts, plain(80));
-  for (const char* conf : {"max_prob", "margin"}) {
-    sl::DecodeStats st;
-    expect_same(sl::generate(m, prompts, dyn(80, {{1, 1.01}, {2, 1.01}, {3, 1.5}, {4, 2.0}}, conf), &st),
-                want, conf);
-    ASSERT_EQ(st.exit_histogram.size(), 1u);
-    EXPECT_EQ(st.exit_histogram.begin()->first, 5);
-    EXPECT_DOUBLE_EQ(st.mean_layers_per_token(), 5.0);
-  }
+  for (sl::SkippedKV kv : {sl::SkippedKV::kRecompute, sl::SkippedKV::kCopy})
+    for (const char* conf : {"max_prob", "margin"}) {
+      const std::string what = std::string(sl::skipped_kv_name(kv)) + ", " + conf;
+      sl::DecodeStats st;
+      expect_same(sl::generate(m, prompts, dyn(80, {{1, 1.01}, {2, 1.01}, {3, 1.5}, {4, 2.0}}, conf, kv), &st), want, what);
+      ASSERT_EQ(st.exit_histogram.size(), 1u);
+      EXPECT_EQ(st.exit_histogram.begin()->first, 5);
+      EXPECT_DOUBLE_EQ(st.mean_layers_per_token(), 5.0);
+    }
   // Sampling consumes the generator exactly as plain decoding does.
-  auto o = dyn(40, {{2, 3.0}});
-  o.sampling.temperature = 1.0;
-  o.seed = 9;
   auto p = plain(40);
   p.sampling.temperature = 1.0;
   p.seed = 9;
-  expect_same(sl::generate(m, prompts, o), sl::generate(m, prompts, p), "sampling");
+  for (sl::SkippedKV kv : {sl::SkippedKV::kRecompute, sl::SkippedKV::kCopy}) {
+    auto o = dyn(40, {{2, 3.0}}, "max_prob", kv);
+    o.sampling.temperature = 1.0;
+    o.seed = 9;
+    expect_same(sl::generate(m, prompts, o), sl::generate(m, prompts, p), std::string("sampling, ") + sl::skipped_kv_name(kv));
+  }
 }
 
 TEST(DynamicGreedy, ZeroFirstThresholdEqualsStaticExit) {
@@ -83,28 +89,32 @@ TEST(DynamicGreedy, ZeroFirstThresholdEqualsStaticExit) {
   sl::Llama m = sl::load_model(dir);
   sl::Tokenizer tok(dir + "/tokenizer.model");
   auto prompts = story_prompts(tok);
-  for (int k : {1, 3}) {
-    auto want = sl::generate(m, prompts, plain(60, k));
-    sl::DecodeStats st;
-    expect_same(sl::generate(m, prompts, dyn(60, {{k, 0.0}, {4, 0.5}}), &st), want, "exit " + std::to_string(k));
-    ASSERT_EQ(st.exit_histogram.size(), 1u);
-    EXPECT_EQ(st.exit_histogram.begin()->first, k);
-    // Batch size 1: after the exit only K/V are appended, no full layer runs.
-    std::vector<sl::Generation> one;
-    const int64_t layer_runs = sl_test::count_op_calls("sl::decoder_layer", [&] {  // full decoder layers run
-      one = sl::generate(m, {prompts[1]}, dyn(60, {{k, 0.0}}));
-    });
-    EXPECT_EQ(one[0].tokens, want[1].tokens);
-    const int64_t steps = (int64_t)one[0].tokens.size() - (one[0].finish_reason == "length");
-    EXPECT_EQ(layer_runs, 5 + steps * k) << "prefill runs 5 layers once, then k per token";
-  }
+  for (int k : {1, 3})
+    for (sl::SkippedKV kv : {sl::SkippedKV::kRecompute, sl::SkippedKV::kCopy}) {
+      const std::string what = "exit " + std::to_string(k) + ", " + sl::skipped_kv_name(kv);
+      auto want = sl::generate(m, prompts, plain(60, k));
+      sl::DecodeStats st;
+      expect_same(sl::generate(m, prompts, dyn(60, {{k, 0.0}, {4, 0.5}}, "max_prob", kv), &st), want, what);
+      ASSERT_EQ(st.exit_histogram.size(), 1u);
+      EXPECT_EQ(st.exit_histogram.begin()->first, k);
+      // Batch size 1: no layer deeper than k runs whole (copy appends only their K/V).
+      std::vector<sl::Generation> one;
+      const int64_t layer_runs = sl_test::count_op_calls("sl::decoder_layer", [&] {  // full decoder layers run
+        one = sl::generate(m, {prompts[1]}, dyn(60, {{k, 0.0}}, "max_prob", kv));
+      });
+      EXPECT_EQ(one[0].tokens, want[1].tokens) << what;
+      const int64_t steps = (int64_t)one[0].tokens.size() - (one[0].finish_reason == "length");
+      if (kv == sl::SkippedKV::kCopy) EXPECT_EQ(layer_runs, 5 + steps * k) << what << ": prefill runs 5 layers once, then k per token";
+      else EXPECT_EQ(layer_runs, (1 + steps) * k) << what << ": the prompt and every token run k layers";
+    }
 }
 
-// Reference semantics, recomputed from scratch for every token (no cache): position j's input to
-// layer i is its own layer-i state if it ran that layer, else its exit state (CALM state copying);
-// prompt positions run every layer. The newest position runs all layers and takes the first exit
-// whose confidence reaches the threshold.
-TEST(DynamicCache, MixedExitsMatchStateCopyingRecomputation) {
+// Reference semantics, recomputed from scratch for every token (no cache). Recomputed K/V: every
+// position's states are the full model's. Copied K/V: position j's input to layer i is its own
+// layer-i state if it ran that layer, else its exit state (CALM state copying); prompt positions
+// run every layer. The newest position runs all layers and takes the first exit whose confidence
+// reaches the threshold.
+TEST(DynamicCache, MixedExitsMatchCacheFreeRecomputation) {
   std::string dir = sl_test::stories_model_dir();
   sl::Llama m = sl::load_model(dir);
   sl::Tokenizer tok(dir + "/tokenizer.model");
@@ -116,13 +126,15 @@ TEST(DynamicCache, MixedExitsMatchStateCopyingRecomputation) {
     int exit;
     double confidence;
   };
-  for (const char* conf : {"max_prob", "margin"}) {
-    auto o = dyn(48, thr, conf);
+  using Case = std::pair<sl::SkippedKV, const char*>;
+  for (const auto& [kv, conf] : {Case{sl::SkippedKV::kRecompute, "max_prob"}, Case{sl::SkippedKV::kRecompute, "margin"},
+                                 Case{sl::SkippedKV::kCopy, "max_prob"}, Case{sl::SkippedKV::kCopy, "margin"}}) {
+    auto o = dyn(48, thr, conf, kv);
     std::vector<std::vector<Decision>> seen(prompts.size());
     o.dynamic.on_exit = [&](size_t row, int exit, double c) { seen[row].push_back({exit, c}); };
     sl::DecodeStats st;
     auto gens = sl::generate(m, prompts, o, &st);
-    EXPECT_GE(st.exit_histogram.size(), 3u) << "too few distinct exits to test state copying";
+    EXPECT_GE(st.exit_histogram.size(), 3u) << "too few distinct exits to test skipped layers";
 
     torch::NoGradGuard g;
     const int L = 5;
@@ -155,14 +167,17 @@ TEST(DynamicCache, MixedExitsMatchStateCopyingRecomputation) {
             token = (int)probs.argmax().item<int64_t>();
           }
         }
-        EXPECT_EQ(exit, seen[b][t].exit) << conf << " prompt " << b << " token " << t;
-        EXPECT_NEAR(c, seen[b][t].confidence, 1e-4) << conf << " prompt " << b << " token " << t;
+        const std::string where = std::string(sl::skipped_kv_name(kv)) + ", " + conf + ", prompt " + std::to_string(b) +
+                                  ", token " + std::to_string(t);
+        EXPECT_EQ(exit, seen[b][t].exit) << where;
+        EXPECT_NEAR(c, seen[b][t].confidence, 1e-4) << where;
         if (t < gens[b].tokens.size()) {
-          EXPECT_EQ(token, gens[b].tokens[t]) << conf << " prompt " << b << " token " << t;
+          EXPECT_EQ(token, gens[b].tokens[t]) << where;
         }
         if (exit != seen[b][t].exit || t >= gens[b].tokens.size()) break;
-        // The position that decided this token exited there (the prompt's last one ran every layer).
-        if (t > 0) exit_of[S - 1] = exit;
+        // Copying: the position that decided this token exited there (the prompt's last one ran
+        // every layer). Recomputing: every position's states stay the full model's.
+        if (t > 0 && kv == sl::SkippedKV::kCopy) exit_of[S - 1] = exit;
         seq.push_back(token);
         exit_of.push_back(L);  // the newest position, still running
       }

@@ -30,6 +30,13 @@ enum class Confidence { kMaxProb, kMargin };
 Confidence parse_confidence(const std::string& name);  // "max_prob" | "margin"; throws naming the value
 const char* confidence_name(Confidence c);
 
+// How a layer a token skipped gets that token's K/V, which later tokens attend to: recomputed
+// exactly when a later token first runs the layer (the cache stays the full model's), or copied
+// from the token's exit state (CALM). See decode/dynamic.cpp.
+enum class SkippedKV { kRecompute, kCopy };
+SkippedKV parse_skipped_kv(const std::string& name);  // "recompute" | "copy"; throws naming the value
+const char* skipped_kv_name(SkippedKV k);
+
 struct SpeculativeParams {
   int draft_layer = 0;        // K, the drafting sub-model; 0 = the first "auto" exit
   int draft_tokens = 0;       // N per round; 0 = adaptive
@@ -48,6 +55,7 @@ struct SpeculativeParams {
 struct DynamicParams {
   std::vector<ExitThreshold> thresholds;  // empty = default_thresholds(model depth); the last layer always exits
   Confidence confidence = Confidence::kMaxProb;
+  SkippedKV kv = SkippedKV::kRecompute;
   // Called for every token chosen (EOS included): its sequence, exit layer and confidence there.
   std::function<void(size_t row, int exit, double confidence)> on_exit;
 };
