@@ -18,6 +18,7 @@ d = json.load(open(sys.argv[1]))
 assert d["repeat"] == 2, d
 modes = [(r["mode"], r["setting"]) for r in d["results"]]
 assert ("full", "5 layers") in modes and ("dynamic", "default thresholds") in modes, modes
+assert ("dynamic", "default thresholds, copied K/V") in modes, modes
 assert sum(m == "exit" for m, _ in modes) == 4 and sum(m == "speculative" for m, _ in modes) == 9, modes
 assert [s for m, s in modes if m == "speculative"][:2] == ["draft layer 1", "draft layer 1, tree 2"], modes
 tuned = [r for r in d["results"] if r["setting"].startswith("tuned: draft layer ")]
