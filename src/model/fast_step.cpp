@@ -199,8 +199,11 @@ void dot_blocks(float* y, const float* W, const float* x, int64_t R, int64_t row
 }  // namespace
 
 void matvec(float* y, const float* W, const float* x, int64_t R, int64_t rows, int64_t cols) {
-  // Tasks of at least ~64K multiply-adds: fewer would cost more to hand out than they save.
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, R * cols));
+  // Multiply-adds per task, below which handing a task to another thread costs more than it saves.
+  // One input row streams each weight once, so even small tasks gain the other core's memory
+  // bandwidth; several rows reuse each weight from cache, so a task must carry more arithmetic.
+  const int64_t task_macs = R == 1 ? int64_t(1) << 16 : int64_t(1) << 18;
+  const int64_t grain = std::max<int64_t>(1, task_macs / std::max<int64_t>(1, R * cols));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     dot_blocks(y, W, x, R, rows, cols, begin, end);
   });
@@ -327,8 +330,9 @@ void attend(const AttnInputs& in, const KVCache& cache, int i, const Dims& d, St
   const bool* mask = in.mask.defined() ? in.mask.data_ptr<bool>() : nullptr;
   const int64_t mask_row = mask ? in.mask.stride(0) : 0, mask_pos = mask ? in.mask.stride(2) : 0;
   const int64_t mask_key = mask ? in.mask.stride(3) : 0;
-  // One (position, head) pair per task; small caches stay on one thread.
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, S * d.hd));
+  // One (position, head) pair per task, with at least 2^16 key-dimension products per thread
+  // (fewer cost more to hand out than they save), so short caches stay on one thread.
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, S * d.hd));
   at::parallel_for(0, d.N * d.H, grain, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / d.H, h = task % d.H, r = n / d.T, t = n % d.T, j = h / rep;
