@@ -127,9 +127,7 @@ echo "plots: $OUT/eval_soft/plot_*.svg"
 echo "== 5/5 a shallow sub-model, speculative decoding and early exit ($(date +%T))"
 PROMPT=$(printf 'Below is an instruction that describes a task, paired with an input that provides further context. Write a response that appropriately completes the request.\n\n### Instruction:\nGive the capital of each country.\n\n### Input:\nDravia, Olmet\n\n### Response:')
 echo "exit 2 of 8 answers: $("$BIN" generate --model "$OUT/soft/final" --exit-layer 2 --max-new-tokens 16 --prompt "$PROMPT" 2>/dev/null)"
-# The paper's Table 2 for the SoFT model over 32 test questions (also in $OUT/decoding/), on one
-# thread: every mode of this dim-64 model decodes faster on one than on two.
-SORTEDLLAMA="$BIN" scripts/bench_decoding.sh "$OUT/soft/final" --prompts "$OUT/data/test.jsonl" --repeat 2 --threads 1 \
-  --out "$OUT/decoding" 2>/dev/null \
+# The paper's Table 2 for the SoFT model over 32 test questions (also in $OUT/decoding/).
+SORTEDLLAMA="$BIN" scripts/bench_decoding.sh "$OUT/soft/final" --prompts "$OUT/data/test.jsonl" --repeat 2 --out "$OUT/decoding" 2>/dev/null \
   | grep '^|'
 echo "demo: ${SECONDS}s after the build"
