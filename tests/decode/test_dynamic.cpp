@@ -84,6 +84,23 @@ TEST(DynamicGreedy, ThresholdsAboveOneEqualFullGreedy) {
   }
 }
 
+// bf16 weights take the general layer path (the decoding step's loops are fp32) and a bf16 stream
+// of owed states: never exiting early is still the full model, a zero first threshold its exit.
+TEST(DynamicGreedy, Bf16MatchesPlainDecoding) {
+  std::string dir = sl_test::stories_model_dir();
+  sl::Llama m = sl::load_model(dir);
+  m->to(torch::kBFloat16);
+  sl::Tokenizer tok(dir + "/tokenizer.model");
+  auto prompts = story_prompts(tok);
+  const auto full = sl::generate(m, prompts, plain(40)), exit2 = sl::generate(m, prompts, plain(40, 2));
+  ASSERT_EQ(full[1].tokens.size(), 40u) << "a story prompt decodes to the length limit";
+  for (sl::SkippedKV kv : {sl::SkippedKV::kRecompute, sl::SkippedKV::kCopy}) {
+    const std::string what = std::string("bf16, ") + sl::skipped_kv_name(kv);
+    expect_same(sl::generate(m, prompts, dyn(40, {{2, 1.5}, {4, 2.0}}, "max_prob", kv)), full, what + ", never early");
+    expect_same(sl::generate(m, prompts, dyn(40, {{2, 0.0}}, "max_prob", kv)), exit2, what + ", exit 2");
+  }
+}
+
 TEST(DynamicGreedy, ZeroFirstThresholdEqualsStaticExit) {
   std::string dir = sl_test::stories_model_dir();
   sl::Llama m = sl::load_model(dir);
