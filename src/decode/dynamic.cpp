@@ -241,8 +241,8 @@ std::vector<Generation> DynamicRun::recomputing() {
       const int64_t start = cache.len[i], T = slot + 1 - start;
       if (start != from) in = model->attn_inputs(batch.key_mask.narrow(1, 0, slot + 1), R, start, T);
       from = start;
-      Tensor owed = stream.narrow(1, start, T);                             // [R,T,D]
-      Tensor x = model->layer(i, owed, in, &cache);                         // [R,T,D]
+      Tensor owed = stream.narrow(1, start, T);      // [R,T,D]
+      Tensor x = model->layer(i, owed, in, &cache);  // [R,T,D]
       owed.copy_(x);
       if (is_exit(i + 1)) d.at_exit(i + 1, x.select(1, T - 1));
     }
