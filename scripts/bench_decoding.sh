@@ -2,8 +2,8 @@
 # The paper's Table 2 for one checkpoint on this machine: full decoding, each static exit,
 # self-speculative decoding with each draft layer (a chain of drafts, then a draft tree: --tree N,
 # default 4, 0 = chains only), dynamic early exit with the default thresholds (skipped layers' K/V
-# recomputed, then copied), and (with
-# --tune-prompts FILE) the speculative setting `sortedllama tune` chooses on other prompts.
+# recomputed, then copied), and (with --tune-prompts FILE) the speculative setting `sortedllama
+# tune` chooses on other prompts.
 # Columns: ms/token, speedup against full decoding measured in the same run, acceptance rate,
 # agreement with the full model's outputs. Writes bench/decoding.json and bench/decoding.md.
 #

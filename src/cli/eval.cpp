@@ -30,7 +30,7 @@ struct EvalArgs {
   // --decode speculative | dynamic
   int draft_layer = 0, draft_tokens = 0, draft_tree = 0;
   double draft_confidence = 0;
-  std::string thresholds, confidence = "max_prob", skipped_kv = "recompute";
+  std::string thresholds, confidence = "max_prob", skipped_kv;  // skipped_kv: empty = DynamicParams' default
   bool confidence_given = false, exits_given = false, draft_tokens_given = false, draft_confidence_given = false;
   // triviaqa
   int64_t num_fewshot = 0;
@@ -146,7 +146,7 @@ TaskResult run_task(const EvalArgs& a, const GlobalOptions& g) {
     o.speculative.tree_nodes = a.draft_tree;
     if (o.decode == DecodeMode::kDynamic) {
       o.dynamic = choose_dynamic(a.thresholds, a.confidence, a.confidence_given, m, a.model);
-      o.dynamic.kv = parse_skipped_kv(a.skipped_kv);
+      if (!a.skipped_kv.empty()) o.dynamic.kv = parse_skipped_kv(a.skipped_kv);
     }
     decode_rows(o, exits, (int)cfg.n_layers);  // a bad mode or option fails before any work
     return o;
@@ -289,7 +289,7 @@ void add_eval_command(CLI::App& app, const GlobalOptions& g) {
   cmd->add_option("--thresholds", a->thresholds,
                   "dynamic: exit:threshold,... (default: the model's calibrated profile, else the paper's, mapped)");
   cmd->add_option("--confidence", a->confidence, "dynamic: max_prob | margin");
-  cmd->add_option("--skipped-kv", a->skipped_kv, "dynamic: recompute | copy (see generate --help)")
+  cmd->add_option("--skipped-kv", a->skipped_kv, "dynamic: recompute (default) | copy (see generate --help)")
       ->check(CLI::IsMember({"recompute", "copy"}));
   cmd->add_option("--batch-size", a->batch_size, "sequences per forward pass")->check(CLI::PositiveNumber);
   cmd->add_option("--limit", a->limit, "use only the first N records")->check(CLI::NonNegativeNumber);

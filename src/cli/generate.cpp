@@ -23,7 +23,7 @@ struct GenerateArgs {
   bool speculative = false, dynamic = false, compare_baseline = false;
   int draft_layer = 0, draft_tokens = 0, draft_tree = 0;
   double draft_confidence = 0;
-  std::string thresholds, confidence = "max_prob", skipped_kv = "recompute";
+  std::string thresholds, confidence = "max_prob", skipped_kv;  // skipped_kv: empty = DynamicParams' default
 };
 
 // One batch decoded in the chosen mode: outputs, batch-level stats for --json, a stderr summary.
@@ -114,7 +114,7 @@ DecodeOptions plan_options(const GenerateArgs& a, const LoadedModel& m) {
   opt.speculative.tree_nodes = a.draft_tree;
   if (a.dynamic) {
     opt.dynamic = choose_dynamic(a.thresholds, a.confidence, a.confidence_given, m, a.model);
-    opt.dynamic.kv = parse_skipped_kv(a.skipped_kv);
+    if (!a.skipped_kv.empty()) opt.dynamic.kv = parse_skipped_kv(a.skipped_kv);
   }
   return opt.resolved((int)cfg.n_layers);
 }
@@ -268,7 +268,7 @@ void add_generate_command(CLI::App& app, const GlobalOptions& g) {
       ->check(CLI::IsMember({"max_prob", "margin"}))
       ->needs(dyn);
   cmd->add_option("--skipped-kv", a->skipped_kv,
-                  "dynamic: how a skipped layer gets a token's K/V: recompute (when a later token first needs that "
+                  "dynamic: how a skipped layer gets a token's K/V: recompute (default; when a later token first needs that "
                   "layer; the cache stays the full model's, and the prompt runs only as deep as asked) or copy (from "
                   "the exit state, CALM)")
       ->check(CLI::IsMember({"recompute", "copy"}))
