@@ -38,6 +38,7 @@ done >"$WORK/prompts.txt"
 cat "$WORK/cal.txt"
 grep -q "<- chosen" "$WORK/cal.txt" || fail "no candidate chosen"
 grep -qE "^held-out +200 " "$WORK/cal.txt" || fail "no held-out row"
+grep -q "^speed measured with --batch-size 16:" "$WORK/cal.txt" || fail "the table does not say how speed was measured"
 grep -q "decoding profile written to $M/config.json" "$WORK/cal.err" || fail "no log of the written profile"
 validate_schema "Calibrate results schema" "$WORK/cal.json"
 /usr/bin/python3 - "$WORK/cal.json" "$M/config.json" <<'PY'
