@@ -83,6 +83,10 @@ int64_t load_trainer_state(const std::string& dir, DistAdamW& opt, nlohmann::jso
   if (!j.is_object() || !j.contains("step") || !j["step"].is_number_integer() || j["step"].get<int64_t>() < 0 ||
       !j.contains("adam_steps") || !j["adam_steps"].is_object())
     throw std::runtime_error(path + ": missing \"step\" or \"adam_steps\"");
+  // AdamW's bias correction divides by 1 - beta^steps: a state exists only after a first step.
+  for (const auto& [name, n] : j["adam_steps"].items())
+    if (!n.is_number_integer() || n.get<int64_t>() < 1)
+      throw std::runtime_error(path + ": adam_steps \"" + name + "\" is " + n.dump() + ", not a step count >= 1");
   SafetensorsFile sf(dir + "/optimizer.safetensors");
   opt.load_state(
       [&](const std::string& key) {

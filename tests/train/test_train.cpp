@@ -347,6 +347,27 @@ TEST(TrainHardening, ResumeRefusesAChangedConfigUnlessAsked) {
   EXPECT_EQ(sl::finetune(changed, "auto", torch::kCPU, allow).steps, 6);
 }
 
+// A saved AdamW step count that is not a count >= 1 is refused, naming the file and the parameter.
+TEST(TrainHardening, ResumeRefusesABadAdamStepCount) {
+  auto c = tiny_config("soft", 4);
+  c["save"]["every"] = 2;
+  sl::FinetuneHooks stop;
+  stop.stop_after = 3;
+  sl::finetune(c, "", torch::kCPU, stop);
+  const std::string state = c["out_dir"].get<std::string>() + "/step-000002/trainer_state.json";
+  const nlohmann::json good = nlohmann::json::parse(sl_test::read_file(state));
+  const std::string param = good["adam_steps"].begin().key();
+  for (const nlohmann::json& bad : {nlohmann::json(0), nlohmann::json(-3), nlohmann::json("2"), nlohmann::json(1.5)}) {
+    nlohmann::json j = good;
+    j["adam_steps"][param] = bad;
+    sl_test::write_file(state, j.dump());
+    const std::string err = error_of([&] { sl::finetune(c, "auto", torch::kCPU); });
+    EXPECT_NE(err.find(state + ": adam_steps \"" + param + "\" is " + bad.dump() + ", not a step count >= 1"),
+              std::string::npos)
+        << err;
+  }
+}
+
 // bf16 runs resume exactly too: the extracted model keeps the run's dtype.
 TEST(TrainHardening, Bf16ResumeIsExactForSoftAndExtracted) {
   for (const std::string method : {"soft", "extracted"}) {
