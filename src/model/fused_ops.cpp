@@ -29,11 +29,16 @@ bool needs_grad(std::initializer_list<Tensor> xs) {
   return false;
 }
 
-// f(r) for rows r of `width` floats on intra-op threads, tasks of at least ~16K floats.
+// f(begin, end) over ranges of rows of `width` floats on intra-op threads, tasks of at least ~16K floats.
+template <class F>
+void for_row_ranges(int64_t rows, int64_t width, const F& f) {
+  at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, width)), f);
+}
+
+// f(r) for each row r, as for_row_ranges hands them out.
 template <class F>
 void for_rows(int64_t rows, int64_t width, const F& f) {
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, width));
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+  for_row_ranges(rows, width, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) f(r);
   });
 }
@@ -44,8 +49,7 @@ Tensor rms_norm_forward(const Tensor& x, const Tensor& w, double eps) {  // x co
   Tensor y = torch::empty_like(x);
   const float *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  const int64_t grain = std::max<int64_t>(1, 16384 / D);
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+  for_row_ranges(rows, D, [&](int64_t begin, int64_t end) {
     rms_norm_rows(yp + begin * D, xp + begin * D, wp, end - begin, D, eps);
   });
   return y;
